@@ -1,0 +1,136 @@
+"""Canonical JSON out, strict JSON in.
+
+Encoding uses the ``canonicaljson`` package (the spec appendix "Canonical JSON").
+That package is lenient about what it accepts, so the strictness of
+:func:`decode_json` is ours: it is the one parser for everything that comes off
+the network.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import canonicaljson
+
+from fedlib.errors import BadJsonError
+
+#: The integer range of canonical JSON (the range IEEE doubles hold exactly).
+MIN_INT = -(2**53) + 1
+MAX_INT = (2**53) - 1
+
+#: Deepest nesting of objects and arrays accepted from the network.
+MAX_DEPTH = 64
+
+
+def encode_canonical_json(obj: Any) -> bytes:
+    """Encode ``obj`` as canonical JSON (sorted keys, no insignificant whitespace, UTF-8)."""
+    return canonicaljson.encode_canonical_json(obj)  # type: ignore[no-any-return]
+
+
+def _parse_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:  # more digits than Python converts
+        raise BadJsonError(f"Integer out of range: {text[:20]}...") from None
+    if not MIN_INT <= value <= MAX_INT:
+        raise BadJsonError(f"Integer out of range: {value}")
+    return value
+
+
+def _reject_constant(name: str) -> Any:
+    raise BadJsonError(f"{name} is not valid JSON")
+
+
+def _reject_float(text: str) -> Any:
+    raise BadJsonError(f"Floats are not allowed in this room version: {text}")
+
+
+def _lenient_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise BadJsonError(f"Number out of range: {text[:20]}")
+    return value
+
+
+_STRICT_DECODER = json.JSONDecoder(
+    parse_int=_parse_int, parse_constant=_reject_constant, parse_float=_reject_float
+)
+_LENIENT_DECODER = json.JSONDecoder(
+    parse_int=_parse_int, parse_constant=_reject_constant, parse_float=_lenient_float
+)
+
+
+def _depth_exceeds(value: Any, limit: int) -> bool:
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
+
+
+def _has_lone_surrogate(value: Any) -> bool:
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
+
+
+def decode_json(
+    data: bytes | str, *, room_version: str | None = None, max_depth: int = MAX_DEPTH
+) -> Any:
+    """Parse JSON from the network, strictly.
+
+    Rejects, with :class:`~fedlib.errors.BadJsonError` (``M_NOT_JSON`` when the
+    bytes are not JSON at all, ``M_BAD_JSON`` when they are JSON fedlib refuses):
+    invalid UTF-8, ``NaN``/``Infinity``, integers outside the canonical range,
+    lone UTF-16 surrogates, nesting deeper than ``max_depth``, and floats when
+    ``room_version`` names a version that requires strict canonical JSON (v6+).
+    """
+    strict_floats = False
+    if room_version is not None:
+        from fedlib.events.room_versions import KNOWN_ROOM_VERSIONS
+
+        version = KNOWN_ROOM_VERSIONS.get(room_version)
+        strict_floats = version is not None and version.strict_canonical_json
+    if isinstance(data, bytes | bytearray | memoryview):
+        try:
+            text = bytes(data).decode("utf-8")
+        except UnicodeDecodeError:
+            raise BadJsonError("Content is not valid UTF-8", errcode="M_NOT_JSON") from None
+    else:
+        text = data
+    decoder = _STRICT_DECODER if strict_floats else _LENIENT_DECODER
+    try:
+        value = decoder.decode(text)
+    except BadJsonError:
+        raise
+    except RecursionError:
+        raise BadJsonError("JSON is nested too deeply") from None
+    except (ValueError, TypeError) as e:
+        raise BadJsonError(f"Content is not JSON: {e}", errcode="M_NOT_JSON") from None
+    # Counting brackets is cheap; only walk the value when it could be too deep.
+    if text.count("[") + text.count("{") > max_depth and _depth_exceeds(value, max_depth):
+        raise BadJsonError(f"JSON is nested deeper than {max_depth}")
+    if ("\\ud" in text or "\\uD" in text) and _has_lone_surrogate(value):
+        raise BadJsonError("JSON contains a lone UTF-16 surrogate")
+    return value
