@@ -12,7 +12,7 @@ from typing import Any
 from zope.interface import Interface
 
 
-class IKeyring(Interface):  # type: ignore[misc]
+class IKeyring(Interface):
     """Finds verify keys of remote servers and checks signatures with them.
 
     Every method returns a Deferred. Failures are :class:`fedlib.errors.SignatureError`
