@@ -1,0 +1,1 @@
+"""Room-level helpers shared by the outbound client and the inbound server."""
