@@ -1,0 +1,51 @@
+"""Pluggable storage: :class:`IFederationStore` and its implementations."""
+
+from __future__ import annotations
+
+from fedlib.storage.interface import (
+    DestinationRetry,
+    EventStatus,
+    IFederationStore,
+    OutboundBatch,
+    OwnKey,
+    PersistItem,
+    QueuedEdu,
+    QueuedPdu,
+    RoomInfo,
+    SchemaTooNewError,
+    ServerKey,
+    StateKey,
+    StateMap,
+    StateRef,
+    StorageError,
+    StoredEvent,
+    StrippedKind,
+    StrippedRoom,
+    TxnClaim,
+    TxnClaimStatus,
+)
+from fedlib.storage.memory import MemoryStore
+
+__all__ = [
+    "DestinationRetry",
+    "EventStatus",
+    "IFederationStore",
+    "MemoryStore",
+    "OutboundBatch",
+    "OwnKey",
+    "PersistItem",
+    "QueuedEdu",
+    "QueuedPdu",
+    "RoomInfo",
+    "SchemaTooNewError",
+    "ServerKey",
+    "StateKey",
+    "StateMap",
+    "StateRef",
+    "StorageError",
+    "StoredEvent",
+    "StrippedKind",
+    "StrippedRoom",
+    "TxnClaim",
+    "TxnClaimStatus",
+]
