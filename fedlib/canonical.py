@@ -9,12 +9,14 @@ the network.
 from __future__ import annotations
 
 import json
+import json.encoder
 import math
 from typing import Any
 
 import canonicaljson
 
 from fedlib.errors import BadJsonError
+from fedlib.events.room_versions import KNOWN_ROOM_VERSIONS
 
 #: The integer range of canonical JSON (the range IEEE doubles hold exactly).
 MIN_INT = -(2**53) + 1
@@ -24,9 +26,39 @@ MAX_INT = (2**53) - 1
 MAX_DEPTH = 64
 
 
+# canonicaljson's encoder is a json.JSONEncoder with these settings, whose
+# ``encode`` builds a fresh C encoder and a cycle-check dict on every call. Hashing
+# and signing encode every event two or three times, so we keep one C encoder with
+# identical settings (and canonicaljson's hook for extra types) and no cycle check:
+# a cyclic value still fails, with RecursionError. The output is byte-identical to
+# canonicaljson.encode_canonical_json (a property test holds us to it).
+_c_make_encoder = getattr(json.encoder, "c_make_encoder", None)
+_c_encode_basestring = getattr(json.encoder, "c_encode_basestring", None)
+_iterencode: Any = None
+if _c_make_encoder is not None and _c_encode_basestring is not None:
+    _iterencode = _c_make_encoder(
+        None,  # markers: no cycle check
+        canonicaljson._preprocess_for_serialisation,
+        _c_encode_basestring,  # ensure_ascii=False
+        None,  # indent
+        ":",
+        ",",
+        True,  # sort_keys
+        False,  # skipkeys
+        False,  # allow_nan
+    )
+
+
 def encode_canonical_json(obj: Any) -> bytes:
-    """Encode ``obj`` as canonical JSON (sorted keys, no insignificant whitespace, UTF-8)."""
-    return canonicaljson.encode_canonical_json(obj)  # type: ignore[no-any-return]
+    """Encode ``obj`` as canonical JSON (sorted keys, no insignificant whitespace, UTF-8).
+
+    Raises ``ValueError`` for NaN/Infinity, ``TypeError`` for values JSON cannot
+    represent, ``UnicodeEncodeError`` for strings with lone surrogates (none of which
+    :func:`decode_json` lets in).
+    """
+    if _iterencode is None:
+        return canonicaljson.encode_canonical_json(obj)  # type: ignore[no-any-return]
+    return "".join(_iterencode(obj, 0)).encode("utf-8")
 
 
 def _parse_int(text: str) -> int:
@@ -108,8 +140,6 @@ def decode_json(
     """
     strict_floats = False
     if room_version is not None:
-        from fedlib.events.room_versions import KNOWN_ROOM_VERSIONS
-
         version = KNOWN_ROOM_VERSIONS.get(room_version)
         strict_floats = version is not None and version.strict_canonical_json
     if isinstance(data, bytes | bytearray | memoryview):

@@ -77,6 +77,11 @@ class RoomVersion:
         return self.event_format is EventFormat.V1
 
     @property
+    def redacts_in_content(self) -> bool:
+        """v11+: a redaction names its target in ``content.redacts`` (top level before)."""
+        return self.redaction_rules is RedactionRules.V11
+
+    @property
     def privileged_creators(self) -> bool:
         """Room creators have infinite power (v12)."""
         return self.room_id_is_create_hash
