@@ -55,6 +55,9 @@ class FakeKeyring:
 
 _counter = itertools.count(1)
 
+#: A well-formed room ID for room versions whose room IDs are create-event hashes.
+V12_ROOM = "!" + "A" * 43
+
 
 def make_event(
     room_version: str,
@@ -62,7 +65,7 @@ def make_event(
     *,
     type: str,
     sender: str,
-    room_id: str = "!room:hs1",
+    room_id: str | None = None,
     content: dict[str, Any] | None = None,
     state_key: str | None = None,
     prev_events: list[str] | None = None,
@@ -73,6 +76,8 @@ def make_event(
 ) -> tuple[str, dict[str, Any]]:
     """A signed event of ``server`` and its ID."""
     version = get_room_version(room_version)
+    if room_id is None:
+        room_id = V12_ROOM if version.room_id_is_create_hash else "!room:hs1"
     event: dict[str, Any] = {
         "type": type,
         "sender": sender,

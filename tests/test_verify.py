@@ -149,3 +149,13 @@ class VerifyPdusTests(unittest.TestCase):
 
     def test_empty(self) -> None:
         self.assertEqual(self._verify("10", []), [])
+
+    def test_v12_create_event_room_id_is_its_hash(self) -> None:
+        _, event = make_event("12", self.hs1, type="m.room.create", sender="@a:hs1", state_key="")
+        del event["room_id"]
+        event = self.hs1.sign("12", event)
+        event_id = compute_event_id("12", event)
+        (result,) = self._verify("12", [event], room_id="!" + event_id[1:])
+        self.assertTrue(result.ok, result.error)
+        (result,) = self._verify("12", [event], room_id="!" + "B" * 43)
+        self.assertIsInstance(result.error, BadJsonError)

@@ -16,9 +16,8 @@ and by the server's ``/send`` pipeline so they cannot drift apart.
 
 from __future__ import annotations
 
-import importlib
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any, cast
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import attrs
 from twisted.internet import defer
@@ -27,16 +26,13 @@ from fedlib.errors import BadJsonError, MatrixError, SignatureError
 from fedlib.events.hashing import check_content_hash, event_id_with
 from fedlib.events.redaction import redact_with
 from fedlib.events.room_versions import RoomVersion, get_room_version
+from fedlib.events.validation import validate_pdu
 
 __all__ = ["DEFAULT_CONCURRENCY", "PduCheckResult", "check_pdu_format", "verify_pdus"]
 
 #: PDUs whose signatures are checked at once; the keyring batches key fetches, so
 #: more in flight buys little and costs memory.
 DEFAULT_CONCURRENCY = 32
-
-# Spec limits (appendix "Size limits" / room versions "Event format").
-_MAX_ID_LENGTH = 255
-_MAX_REFS = 100  # prev_events/auth_events; more is never legitimate (spec: 20/10)
 
 
 @attrs.frozen(slots=True)
@@ -62,65 +58,19 @@ class PduCheckResult:
         return self.error is None
 
 
-def _fallback_validate(version: RoomVersion, pdu: Mapping[str, Any]) -> None:
-    """Minimal shape checks, used when ``fedlib.events.validation`` is unavailable."""
-    for key in ("type", "sender", "room_id"):
-        value = pdu.get(key)
-        if not isinstance(value, str) or not value:
-            raise BadJsonError(f"PDU field {key!r} is missing or not a string")
-    if not pdu["sender"].startswith("@") or ":" not in pdu["sender"]:
-        raise BadJsonError("PDU sender is not a user ID")
-    for key in ("depth", "origin_server_ts"):
-        value = pdu.get(key)
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise BadJsonError(f"PDU field {key!r} is missing or not an integer")
-    if not isinstance(pdu.get("content"), dict):
-        raise BadJsonError("PDU content is not an object")
-    if "state_key" in pdu and not isinstance(pdu["state_key"], str):
-        raise BadJsonError("PDU state_key is not a string")
-    for key in ("prev_events", "auth_events"):
-        refs = pdu.get(key)
-        if not isinstance(refs, list) or len(refs) > _MAX_REFS:
-            raise BadJsonError(f"PDU field {key!r} is missing or not a short list")
-        for ref in refs:
-            ref_id = ref[0] if version.event_id_in_event and isinstance(ref, list) and ref else ref
-            if not isinstance(ref_id, str) or len(ref_id) > _MAX_ID_LENGTH:
-                raise BadJsonError(f"PDU field {key!r} holds a malformed event reference")
-    if version.event_id_in_event:
-        event_id = pdu.get("event_id")
-        if not isinstance(event_id, str) or not event_id.startswith("$") or ":" not in event_id:
-            raise BadJsonError("PDU has no valid event_id")
-
-
-def _load_validator() -> Callable[[str, dict[str, Any]], object] | None:
-    # Imported late and by name: the validation module is optional for this one.
-    try:
-        validation = importlib.import_module("fedlib.events.validation")
-    except ImportError:
-        return None
-    validator = getattr(validation, "validate_pdu", None)
-    return cast("Callable[[str, dict[str, Any]], object] | None", validator)
-
-
 def check_pdu_format(room_version: str, pdu: object) -> dict[str, Any]:
     """Raise ``BadJsonError`` unless ``pdu`` is a well-formed event of the room version.
 
-    Returns ``pdu`` typed as a dict. Uses ``fedlib.events.validation.validate_pdu``
-    where it exists and a minimal shape check otherwise.
+    Returns ``pdu`` typed as a dict (``fedlib.events.validation.validate_pdu``).
     """
-    version = get_room_version(room_version)
     if not isinstance(pdu, dict):
         raise BadJsonError("PDU is not a JSON object")
-    validator = _load_validator()
     try:
-        if validator is not None:
-            validator(room_version, pdu)
-        else:
-            _fallback_validate(version, pdu)
+        validate_pdu(room_version, pdu)
     except MatrixError:
         raise
     except Exception as e:  # a validator bug must not escape as a non-Matrix error
-        raise BadJsonError(f"Invalid PDU: {e}") from None
+        raise BadJsonError(f"Invalid PDU: {e!r}"[:300]) from None
     return pdu
 
 
@@ -142,9 +92,14 @@ def _check_one(
     event_id: str | None = None
     try:
         event = check_pdu_format(version.identifier, pdu)
-        if room_id is not None and event.get("room_id") != room_id:
-            raise BadJsonError(f"PDU belongs to room {event.get('room_id')!r}, not {room_id!r}")
         event_id = event_id_with(version, event)
+        if room_id is not None:
+            in_room = event.get("room_id")
+            if in_room is None and version.room_id_is_create_hash:
+                # v12 create events carry no room_id: the room ID is their hash.
+                in_room = "!" + event_id[1:]
+            if in_room != room_id:
+                raise BadJsonError(f"PDU belongs to room {in_room!r}, not {room_id!r}")
     except MatrixError as e:
         return PduCheckResult(index=index, event_id=event_id, error=e)
     except Exception as e:
