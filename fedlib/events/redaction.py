@@ -105,11 +105,15 @@ def _redact(
         new_content = dict(content)
     else:
         new_content = {k: content[k] for k in keep if k in content}
-        # v11: a member event keeps third_party_invite.signed, and only that.
+        # v11: a member event keeps third_party_invite.signed, and only that. An
+        # object without "signed" is kept empty rather than dropped: the spec does
+        # not say, and Synapse does so, and event IDs must agree with it.
         if rules is RedactionRules.V11 and event_type == "m.room.member":
             tpi = content.get("third_party_invite")
-            if isinstance(tpi, dict) and "signed" in tpi:
-                new_content["third_party_invite"] = {"signed": tpi["signed"]}
+            if isinstance(tpi, dict):
+                new_content["third_party_invite"] = (
+                    {"signed": tpi["signed"]} if "signed" in tpi else {}
+                )
     redacted["content"] = new_content
     return redacted
 
