@@ -70,7 +70,15 @@ class ClientTransactionTransport:
     def send_transaction(
         self, destination: str, txn_id: str, transaction: Mapping[str, Any]
     ) -> Any:
-        return self.client.send_transaction(destination, txn_id, transaction)
+        d = self.client.send_transaction(
+            destination,
+            txn_id,
+            transaction["pdus"],
+            transaction["edus"],
+            origin_server_ts=transaction["origin_server_ts"],
+        )
+        # FederationClient answers the per-PDU results alone; rewrap them as the body.
+        return d.addCallback(lambda results: {"pdus": results})
 
 
 @attrs.frozen(slots=True)
