@@ -1,0 +1,402 @@
+"""The embedding API: one Twisted service that is a federating Matrix server.
+
+:class:`FederationService` is built from a :class:`fedlib.config.FederationConfig`
+and owns everything else: the keyring, the inbound Resource tree, the outbound
+client and transaction sender, and local event creation. An embedder either
+mounts :attr:`FederationService.resource` in its own web server or lists
+endpoints in ``config.listen`` for the service to open itself::
+
+    config = FederationConfig(server_name, signing_key, store, hooks=MyHooks())
+    fed = FederationService(config)
+    fed.setServiceParent(application)
+    room_id = await fed.create_room("@alice:" + server_name, name="Hi")
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from twisted.application import service
+from twisted.internet import defer
+from twisted.internet.endpoints import serverFromString
+from twisted.logger import Logger
+from twisted.web.resource import IResource
+from twisted.web.server import Site
+
+from fedlib.config import FederationConfig
+from fedlib.crypto.keys import (
+    decode_verify_key_base64,
+    encode_verify_key_base64,
+    get_verify_key,
+    key_id,
+    split_key_id,
+)
+from fedlib.errors import MatrixError, SignatureError
+from fedlib.events.hashing import compute_event_id
+from fedlib.rooms.builder import Preset, StateTemplate
+from fedlib.rooms.local import LocalRooms
+from fedlib.storage.interface import OwnKey
+
+__all__ = ["FederationService"]
+
+log = Logger()
+
+
+class _NoKeyring:
+    """Stands in when no keyring implementation is importable: every remote
+    signature is unverifiable, so authenticated requests are refused."""
+
+    def _fail(self, *args: Any, **kwargs: Any) -> defer.Deferred[Any]:
+        return defer.fail(SignatureError("No keyring available to verify remote keys"))
+
+    get_verify_keys = verify_json_for_server = verify_event = _fail
+
+
+def _optional_module(module: str) -> Any:
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        return None
+
+
+def _optional(module: str, name: str) -> Any:
+    """``module.name`` or ``None``: parts of fedlib built separately may be absent
+    in a partial installation; the service then runs without them."""
+    try:
+        return getattr(importlib.import_module(module), name, None)
+    except ImportError:
+        return None
+
+
+class FederationService(service.Service):
+    """A federating Matrix server as a Twisted service.
+
+    ``reactor`` defaults to the global reactor. ``keyring``, ``client`` and
+    ``sender`` may be injected (tests, custom transports); otherwise they are built
+    from ``config``. The store is closed by :meth:`stopService`.
+    """
+
+    def __init__(
+        self,
+        config: FederationConfig,
+        *,
+        reactor: Any = None,
+        keyring: Any = None,
+        client: Any = None,
+        sender: Any = None,
+    ) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as global_reactor
+
+            reactor = global_reactor
+        self.config = config
+        self.reactor = reactor
+        self.store = config.store
+        self.hooks = config.hooks
+        self.client = client if client is not None else self._make_client()
+        self.keyring = keyring if keyring is not None else self._make_keyring()
+        self.sender = sender if sender is not None else self._make_sender()
+        self.gaps = self._make_gaps()
+        self.resource: IResource = self._make_resource()
+        self.rooms = LocalRooms(
+            server_name=config.server_name,
+            signing_key=config.signing_key,
+            store=self.store,
+            clock=reactor,
+            sender=self.sender,
+            hooks=self.hooks,
+            remote_inviter=self._remote_invite,
+            room_versions=config.room_versions,
+            default_room_version=config.default_room_version,
+            default_server_acl=config.default_server_acl,
+        )
+        self._ports: list[Any] = []
+        #: Endpoints actually listened on, in ``config.listen`` order (IListeningPort).
+        self.ports: list[Any] = self._ports
+
+    # -- construction ------------------------------------------------------------
+
+    def _make_client(self) -> Any:
+        from fedlib.client.transport import FederationClient
+
+        c = self.config
+        return FederationClient(
+            c.server_name,
+            c.signing_key,
+            self.reactor,
+            verify_tls=c.tls.verify,
+            ca_bundle=c.tls.ca_bundle,
+            store=self.store,
+            default_timeout=c.limits.request_timeout,
+        )
+
+    def _make_keyring(self) -> Any:
+        keyring_mod = _optional_module("fedlib.keyring")
+        keyring_cls = getattr(keyring_mod, "Keyring", None)
+        if keyring_mod is None or keyring_cls is None:
+            log.warn("fedlib.keyring.Keyring is unavailable: remote requests cannot be verified")
+            return _NoKeyring()
+        notaries = [
+            keyring_mod.Notary(
+                n.server_name,
+                {
+                    kid: decode_verify_key_base64(*split_key_id(kid), b64)
+                    for kid, b64 in n.verify_keys.items()
+                },
+            )
+            for n in self.config.notaries
+        ]
+        key = self.config.signing_key
+        # Our own keys never need a request: valid as long as we run with them.
+        local = {key_id(key): keyring_mod.FetchedKey(key_id(key), get_verify_key(key), 2**62)}
+        for old in self.config.old_signing_keys:
+            local[old.key_id] = keyring_mod.FetchedKey(
+                old.key_id, old.verify_key, old.expired_ts, expired_ts=old.expired_ts
+            )
+        return keyring_cls(
+            self.client,
+            self.reactor,
+            notaries=notaries,
+            local_server_name=self.config.server_name,
+            local_keys=local,
+        )
+
+    def _make_sender(self) -> Any:
+        from fedlib.client.sender import (
+            ClientTransactionTransport,
+            SenderConfig,
+            TransactionSender,
+        )
+
+        return TransactionSender(
+            self.config.server_name,
+            self.store,
+            ClientTransactionTransport(self.client),
+            self.reactor,
+            SenderConfig(instance_name=self.config.instance_name),
+        )
+
+    def _make_gaps(self) -> Any:
+        gap_cls = _optional("fedlib.client.gaps", "GapFiller")
+        config_cls = _optional("fedlib.client.gaps", "GapConfig")
+        if gap_cls is None:
+            return None
+        limits = self.config.limits
+        gap_config = None
+        if config_cls is not None:
+            gap_config = config_cls(
+                timeout=limits.gap_fill_timeout, max_missing_events=limits.max_missing_events
+            )
+        return gap_cls(self.client, self.store, self.keyring, self.reactor, gap_config)
+
+    def server_config(self) -> Any:
+        """The :class:`fedlib.server.config.ServerConfig` derived from ``config``."""
+        from fedlib.server.config import OldVerifyKey, ServerConfig
+
+        c = self.config
+        return ServerConfig(
+            server_name=c.server_name,
+            signing_key=c.signing_key,
+            old_verify_keys={
+                k.key_id: OldVerifyKey(k.verify_key, k.expired_ts) for k in c.old_signing_keys
+            },
+            max_body_bytes=c.limits.max_request_body,
+            rate_per_second=c.limits.requests_per_second,
+            rate_burst=c.limits.request_burst,
+            pdu_timeout_seconds=c.limits.gap_fill_timeout * 2,
+            key_validity_period_ms=c.limits.key_validity_ms,
+            supported_room_versions=c.room_versions,
+        )
+
+    def _make_resource(self) -> IResource:
+        from fedlib.server.resource import build_resource
+
+        def origin_seen(origin: str) -> None:
+            d = defer.maybeDeferred(self.sender.reset_backoff, origin)
+            d.addErrback(lambda f: log.failure("Resetting backoff of {o}", f, o=origin))
+
+        return build_resource(
+            self.server_config(),
+            self.keyring,
+            self.store,
+            self.hooks,
+            clock=self.reactor,
+            gaps=self.gaps,
+            on_origin_authenticated=origin_seen,
+        )
+
+    def site(self, **kwargs: Any) -> Site:
+        """A :class:`~twisted.web.server.Site` serving :attr:`resource` with the
+        request body limit enforced while reading."""
+        from fedlib.server.resource import build_site
+
+        return build_site(self.resource, self.config.limits.max_request_body, **kwargs)
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def _start(self) -> Any:
+        yield self._record_own_keys()
+        site = self.site()
+        for description in self.config.listen:
+            endpoint = serverFromString(self.reactor, description)  # type: ignore[no-untyped-call]
+            port = yield endpoint.listen(site)
+            self._ports.append(port)
+            log.info("Federation listener on {desc}", desc=description)
+        yield defer.maybeDeferred(self.sender.start)
+
+    def _record_own_keys(self) -> Any:
+        # Published in the store so that every process sharing it (and the
+        # notary code) sees the same keys.
+        key = self.config.signing_key
+        own = OwnKey(
+            key_id(key),
+            encode_verify_key_base64(get_verify_key(key)),
+            None,
+        )
+        return defer.maybeDeferred(self.store.store_own_key, own)
+
+    def startService(self) -> defer.Deferred[None]:  # type: ignore[override]
+        """Record our keys, open the listeners in ``config.listen`` and resume the
+        sender. The Deferred fails (and the service stays stopped) when a listener
+        cannot be opened."""
+        super().startService()  # type: ignore[no-untyped-call]
+        d: defer.Deferred[None] = self._start()
+
+        def failed(f: Any) -> Any:
+            self.running = False
+            return f
+
+        d.addErrback(failed)
+        self.started = d
+        return d
+
+    @defer.inlineCallbacks
+    def stopService(self) -> Any:
+        """Stop accepting connections, stop scheduling sends (queued events stay in
+        the store for the next start) and close the store."""
+        super().stopService()  # type: ignore[no-untyped-call]
+        ports, self._ports[:] = list(self._ports), []
+        for port in ports:
+            yield defer.maybeDeferred(port.stopListening)
+        self.sender.stop()
+        yield defer.maybeDeferred(self.store.close)
+
+    # -- the embedder's calls -------------------------------------------------------
+
+    def create_room(
+        self,
+        creator: str,
+        room_version: str | None = None,
+        *,
+        preset: Preset | str = Preset.PRIVATE_CHAT,
+        initial_state: Sequence[StateTemplate | Mapping[str, Any]] = (),
+        name: str | None = None,
+        topic: str | None = None,
+        invite: Sequence[str] = (),
+        power_level_content_override: Mapping[str, Any] | None = None,
+        additional_creators: Sequence[str] = (),
+        creation_content: Mapping[str, Any] | None = None,
+    ) -> defer.Deferred[str]:
+        """Create a room hosted here; Deferred[room_id]. See
+        :meth:`fedlib.rooms.local.LocalRooms.create_room`."""
+        d: defer.Deferred[str] = self.rooms.create_room(
+            creator,
+            room_version,
+            preset=preset,
+            initial_state=initial_state,
+            name=name,
+            topic=topic,
+            invite=invite,
+            power_level_content_override=power_level_content_override,
+            additional_creators=additional_creators,
+            creation_content=creation_content,
+        )
+        return d
+
+    def send_event(
+        self,
+        room_id: str,
+        sender: str,
+        event_type: str,
+        content: Mapping[str, Any],
+        state_key: str | None = None,
+        *,
+        redacts: str | None = None,
+    ) -> defer.Deferred[str]:
+        """Send an event as a local user; Deferred[event_id]."""
+        return self.rooms.send_event(
+            room_id, sender, event_type, content, state_key, redacts=redacts
+        )
+
+    def invite(
+        self, room_id: str, sender: str, target: str, reason: str | None = None
+    ) -> defer.Deferred[str]:
+        """Invite ``target`` (local or remote) into a room this server is in."""
+        return self.rooms.invite(room_id, sender, target, reason)
+
+    def kick(
+        self, room_id: str, sender: str, target: str, reason: str | None = None
+    ) -> defer.Deferred[str]:
+        return self.rooms.kick(room_id, sender, target, reason)
+
+    def ban(
+        self, room_id: str, sender: str, target: str, reason: str | None = None
+    ) -> defer.Deferred[str]:
+        return self.rooms.ban(room_id, sender, target, reason)
+
+    def unban(
+        self, room_id: str, sender: str, target: str, reason: str | None = None
+    ) -> defer.Deferred[str]:
+        return self.rooms.unban(room_id, sender, target, reason)
+
+    @defer.inlineCallbacks
+    def join_room(self, room_id: str, user_id: str, servers: Sequence[str] = ()) -> Any:
+        """Join ``user_id`` to ``room_id``: a local membership event when this
+        server is already in the room, else the ``make_join``/``send_join``
+        handshake through ``servers``. Deferred[event_id]."""
+        if (yield self._in_room(room_id)):
+            return (yield self.rooms.join_local(room_id, user_id))
+        return (yield self._handshake("join_room", room_id, user_id, list(servers)))
+
+    def knock_room(
+        self, room_id: str, user_id: str, servers: Sequence[str], reason: str | None = None
+    ) -> defer.Deferred[Any]:
+        """Knock on a remote room (``make_knock``/``send_knock``)."""
+        return self._handshake("knock_room", room_id, user_id, list(servers), reason=reason)
+
+    @defer.inlineCallbacks
+    def leave(self, room_id: str, user_id: str, reason: str | None = None) -> Any:
+        """Leave a room, or reject an invite / rescind a knock for a room this
+        server is not in (``make_leave``/``send_leave``). Deferred[event_id]."""
+        if (yield self._in_room(room_id)):
+            return (yield self.rooms.leave(room_id, user_id, reason))
+        return (yield self._handshake("reject_invite", room_id, user_id, reason=reason))
+
+    @defer.inlineCallbacks
+    def _in_room(self, room_id: str) -> Any:
+        info = yield self.store.get_room(room_id)
+        if info is None:
+            return False
+        servers = yield self.store.get_joined_servers(room_id)
+        return self.config.server_name in servers
+
+    def _handshake(self, name: str, *args: Any, **kwargs: Any) -> defer.Deferred[Any]:
+        fn = _optional("fedlib.client.handshakes", name)
+        if fn is None:
+            return defer.fail(MatrixError(501, "M_UNRECOGNIZED", f"{name} is not available"))
+        return defer.maybeDeferred(fn, self, *args, **kwargs)
+
+    def _remote_invite(
+        self,
+        destination: str,
+        room_version: str,
+        event: Mapping[str, Any],
+        invite_room_state: Sequence[Mapping[str, Any]],
+    ) -> Any:
+        event_id = compute_event_id(room_version, dict(event))
+        return self.client.invite(
+            destination, event["room_id"], event_id, event, room_version, invite_room_state
+        )
