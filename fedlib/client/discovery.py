@@ -23,7 +23,7 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime, IResolver
 from twisted.logger import Logger
 from twisted.names import dns
-from twisted.names.error import DNSNameError, DomainError
+from twisted.names.error import DNSNameError
 from twisted.python.failure import Failure
 from zope.interface import Interface
 
@@ -359,7 +359,7 @@ class ServerResolver:
             # Twisted annotates the result as three records; it is three lists of them.
             result: Any = await self._dns.lookupService(name, _DNS_TIMEOUTS)
             answers = list(result[0])
-        except (DNSNameError, DomainError):
+        except DNSNameError:
             return [], f"SRV {name}: no such record"
         except Exception as e:
             # A DNS failure is treated like an absent record: the spec's fallbacks
