@@ -1,0 +1,314 @@
+"""State resolution v2 (room versions 2-11) and v2.1 (room version 12).
+
+Spec: ``rooms/fragments/v2-state-res.md`` and ``rooms/v12.md`` "State resolution".
+
+Where the spec text leaves room for reading, this module reads it as the
+reference implementation does, so servers converge (each point is covered by
+the differential fixtures):
+
+* the full auth chain of a state set includes the set's own events;
+* ``m.room.create`` counts as a power event (it only ever matters with two
+  create events, i.e. a broken room);
+* the graph for the reverse topological power ordering follows ``auth_events``
+  links only while they stay inside the full conflicted set;
+* a create event is never re-checked (it has no state-dependent auth rules).
+
+Cost: the work is proportional to the conflicted events and their auth chains.
+The one walk that can reach the rest of the room (is an event of the auth
+difference also an ancestor of the unconflicted state?) runs only when there is
+such a candidate, with C-level set operations, and stops once every candidate
+has been found.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterable, Mapping, Sequence
+
+from fedlib.auth.rules import auth_types_with, check_auth_with
+from fedlib.errors import AuthError
+from fedlib.events.room_versions import RoomVersion, StateResAlgorithm
+from fedlib.state._events import (
+    CREATE_KEY,
+    JOIN_RULES_KEY,
+    POWER_LEVELS_KEY,
+    Event,
+    EventGraph,
+    StateKey,
+    StateMap,
+    missing_error,
+    state_key_of,
+)
+
+
+def separate(state_sets: Sequence[StateMap]) -> tuple[dict[StateKey, str], set[StateKey]]:
+    """Split into the unconflicted state map and the conflicted keys.
+
+    A key is unconflicted when every state set has it with the same value. The
+    symmetric difference of item views runs in C and touches each entry once,
+    so a 100,000-entry room splits in a few milliseconds.
+    """
+    first = state_sets[0]
+    conflicted: set[StateKey] = set()
+    first_items = first.items()
+    for other in state_sets[1:]:
+        if other is first:
+            continue
+        conflicted.update(key for key, _ in first_items ^ other.items())
+    unconflicted = dict(first)
+    for key in conflicted:
+        unconflicted.pop(key, None)
+    return unconflicted, conflicted
+
+
+def resolve_v2(
+    version: RoomVersion,
+    state_sets: Sequence[StateMap],
+    event_map: Mapping[str, Event],
+) -> dict[StateKey, str]:
+    """Resolve with v2 (or v2.1, by ``version.state_res``)."""
+    unconflicted, conflicted_keys = separate(state_sets)
+    if not conflicted_keys:
+        return unconflicted
+
+    graph = EventGraph(version, event_map)
+    conflicted_events: set[str] = set()
+    for state_set in state_sets:
+        for key in conflicted_keys:
+            eid = state_set.get(key)
+            if eid is not None:
+                conflicted_events.add(eid)
+
+    full_conflicted = _full_conflicted_set(graph, state_sets, conflicted_keys, unconflicted)
+    full_conflicted |= conflicted_events
+
+    # Step 1: power events and their auth ancestors inside the full conflicted set.
+    power_events = [eid for eid in full_conflicted if _is_power_event(graph.get(eid))]
+    sorted_power = _reverse_topological_power_sort(graph, power_events, full_conflicted)
+
+    # Step 2. v2 starts from the unconflicted state, v2.1 from nothing; the
+    # overlay records what the checks set, lookups fall through to the base.
+    base: Mapping[StateKey, str] = (
+        {} if version.state_res is StateResAlgorithm.V2_1 else unconflicted
+    )
+    overlay: dict[StateKey, str] = {}
+    _iterative_auth_checks(graph, sorted_power, base, overlay)
+
+    # Steps 3 and 4: everything else, in mainline order of the resolved power levels.
+    power_set = set(sorted_power)
+    leftover = [eid for eid in full_conflicted if eid not in power_set]
+    pl_id = overlay.get(POWER_LEVELS_KEY, base.get(POWER_LEVELS_KEY))
+    leftover = _mainline_sort(graph, leftover, pl_id)
+    _iterative_auth_checks(graph, leftover, base, overlay)
+
+    # Step 5: the unconflicted state wins over anything resolved.
+    resolved = dict(unconflicted)
+    for key, eid in overlay.items():
+        resolved.setdefault(key, eid)
+    return resolved
+
+
+def _full_conflicted_set(
+    graph: EventGraph,
+    state_sets: Sequence[StateMap],
+    conflicted_keys: set[StateKey],
+    unconflicted: Mapping[StateKey, str],
+) -> set[str]:
+    """The auth difference, plus (v2.1) the conflicted state subgraph.
+
+    With ``A`` the auth closure of the unconflicted state and ``B_i`` that of the
+    conflicted entries of state set ``i``, the full auth chain of set ``i`` is
+    ``A | B_i``, so the auth difference is ``union(B_i) - intersection(B_i) - A``:
+    only the (small) ``B_i`` need walking, plus a membership test against ``A``.
+    """
+    per_set: list[set[str]] = []
+    for state_set in state_sets:
+        roots = {state_set[k] for k in conflicted_keys if k in state_set}
+        per_set.append(graph.walk(roots))
+    union: set[str] = set().union(*per_set)
+    common: set[str] = per_set[0].intersection(*per_set[1:])
+    candidates = union - common
+
+    # Candidates that are themselves unconflicted state are in A trivially; only
+    # the others need the walk from the unconflicted state.
+    unknown: set[str] = set()
+    for eid in candidates:
+        key = state_key_of(graph.get(eid))
+        if key is None or unconflicted.get(key) != eid:
+            unknown.add(eid)
+    candidates &= unknown
+    if unknown:
+        # Intersect before subtracting: ``small -= big`` would iterate ``big``.
+        candidates -= unknown & graph.walk(unconflicted.values(), targets=unknown)
+
+    if graph.version.state_res is StateResAlgorithm.V2_1:
+        conflicted_events = {s[k] for s in state_sets for k in conflicted_keys if k in s}
+        candidates |= _conflicted_subgraph(graph, union, conflicted_events)
+    return candidates
+
+
+def _conflicted_subgraph(graph: EventGraph, closure: set[str], conflicted: set[str]) -> set[str]:
+    """Events on auth paths between conflicted events (both ends included).
+
+    Every such event is an ancestor of a conflicted event, so it lies in
+    ``closure`` (the auth closure of the conflicted events); the ones that also
+    descend from a conflicted event are found by walking the reversed auth links
+    inside the closure.
+    """
+    citers: dict[str, list[str]] = {}
+    for eid in closure:
+        for aid in graph.auth_ids(eid):
+            citers.setdefault(aid, []).append(eid)
+    found = set(conflicted)
+    stack = list(conflicted)
+    while stack:
+        for citer in citers.get(stack.pop(), ()):
+            if citer not in found:
+                found.add(citer)
+                stack.append(citer)
+    return found & closure
+
+
+def _is_power_event(event: Event) -> bool:
+    key = state_key_of(event)
+    if key is None:
+        return False
+    if key in (POWER_LEVELS_KEY, JOIN_RULES_KEY, CREATE_KEY):
+        return True
+    if key[0] == "m.room.member":
+        content = event.get("content")
+        membership = content.get("membership") if isinstance(content, dict) else None
+        return membership in ("leave", "ban") and event.get("sender") != key[1]
+    return False
+
+
+def _reverse_topological_power_sort(
+    graph: EventGraph, power_events: Iterable[str], full_conflicted: set[str]
+) -> list[str]:
+    """Kahn's algorithm over auth links inside the full conflicted set, always
+    taking the smallest ready event by (-power level, origin_server_ts, event_id)."""
+    out_edges: dict[str, set[str]] = {}
+    stack = list(power_events)
+    while stack:
+        eid = stack.pop()
+        if eid in out_edges:
+            continue
+        edges = {aid for aid in graph.auth_ids(eid) if aid in full_conflicted}
+        out_edges[eid] = edges
+        stack.extend(aid for aid in edges if aid not in out_edges)
+
+    def order(eid: str) -> tuple[int | float, int, str]:
+        return (-graph.power_level(eid), graph.origin_server_ts(eid), eid)
+
+    citers: dict[str, list[str]] = {eid: [] for eid in out_edges}
+    pending: dict[str, int] = {}
+    ready: list[tuple[int | float, int, str]] = []
+    for eid, edges in out_edges.items():
+        pending[eid] = len(edges)
+        for aid in edges:
+            citers[aid].append(eid)
+        if not edges:
+            ready.append(order(eid))
+    heapq.heapify(ready)
+    result: list[str] = []
+    while ready:
+        eid = heapq.heappop(ready)[2]
+        result.append(eid)
+        for citer in citers[eid]:
+            pending[citer] -= 1
+            if pending[citer] == 0:
+                heapq.heappush(ready, order(citer))
+    return result
+
+
+def _iterative_auth_checks(
+    graph: EventGraph,
+    event_ids: list[str],
+    base: Mapping[StateKey, str],
+    overlay: dict[StateKey, str],
+) -> None:
+    """Apply each event that passes the auth rules against the state so far
+    (``overlay`` over ``base``, updated in place), taking auth events missing
+    from that state from the event's own ``auth_events``."""
+    version = graph.version
+    events = graph.events
+    for eid in event_ids:
+        event = graph.get(eid)
+        key = state_key_of(event)
+        if key is None:
+            continue
+        if key == CREATE_KEY:
+            # No state-dependent rule applies to a create event.
+            overlay[key] = eid
+            continue
+        # The create event's ID goes along with it: the rules check the v12 room
+        # ID against it, and the ID is the key the event came under.
+        chosen: dict[StateKey, str] = {}
+        for aid in graph.auth_ids(eid):
+            aev = events.get(aid)
+            if aev is not None:
+                akey = state_key_of(aev)
+                if akey is not None:
+                    chosen[akey] = aid
+        for akey in auth_types_with(version, event):
+            current = overlay.get(akey)
+            if current is None:
+                current = base.get(akey)
+            if current is not None:
+                chosen[akey] = current
+        if version.room_id_is_create_hash and CREATE_KEY not in chosen:
+            current = overlay.get(CREATE_KEY) or base.get(CREATE_KEY)
+            if current is not None:
+                chosen[CREATE_KEY] = current
+        auth_events = {akey: graph.get(aid) for akey, aid in chosen.items()}
+        try:
+            check_auth_with(version, event, auth_events, chosen.get(CREATE_KEY))
+        except AuthError:
+            continue
+        overlay[key] = eid
+
+
+def _mainline_sort(graph: EventGraph, event_ids: list[str], pl_id: str | None) -> list[str]:
+    """Order by (mainline position, origin_server_ts, event_id): events that hang
+    off an older power levels event first, then those of newer ones."""
+    if not event_ids:
+        return []
+    mainline: list[str] = []
+    seen: set[str] = set()
+    current = pl_id
+    while current is not None and current not in seen:
+        seen.add(current)
+        mainline.append(current)
+        current = graph.power_levels_auth_event(current)
+    # Oldest power levels event is 1; 0 means "no mainline event found", which
+    # sorts first like the spec's infinite position.
+    depth_of: dict[str, int] = {eid: len(mainline) - i for i, eid in enumerate(mainline)}
+
+    def mainline_depth(eid: str) -> int:
+        # Memoised along the chain of power-levels auth events walked.
+        walked: list[str] = []
+        current: str | None = eid
+        depth = 0
+        while current is not None:
+            known = depth_of.get(current)
+            if known is not None:
+                depth = known
+                break
+            walked.append(current)
+            current = graph.power_levels_auth_event(current)
+            if current in walked:
+                break
+        for w in walked:
+            if graph.events.get(w) is not None and state_key_of(graph.get(w)) == POWER_LEVELS_KEY:
+                depth_of[w] = depth
+        return depth
+
+    keyed = [(mainline_depth(eid), graph.origin_server_ts(eid), eid) for eid in event_ids]
+    keyed.sort()
+    return [k[2] for k in keyed]
+
+
+def check_complete(graph: EventGraph, ids: Iterable[str]) -> None:
+    missing = {eid for eid in ids if eid not in graph.events}
+    if missing:
+        raise missing_error(missing)
