@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from fedlib.storage.factory import open_store
 from fedlib.storage.interface import (
     DestinationRetry,
     EventStatus,
@@ -48,4 +49,5 @@ __all__ = [
     "StrippedRoom",
     "TxnClaim",
     "TxnClaimStatus",
+    "open_store",
 ]
