@@ -1,0 +1,552 @@
+"""The state checks and persistence every incoming PDU goes through.
+
+Shared by ``/send``, ``send_join``, ``send_knock``, ``send_leave`` and ``invite``.
+The caller has already run :func:`fedlib.rooms.verify.verify_pdus` (format,
+signatures, content hash); this module does the spec's "Checks performed on
+receipt of a PDU" steps 4-6:
+
+4. auth against the event's own ``auth_events`` (missing ones fetched from the
+   origin through the gap filler and stored as outliers);
+5. auth against the state before the event, i.e. state resolution over the
+   states after its ``prev_events`` (missing prev events fetched with
+   ``/get_missing_events``, the state at what remains with ``/state_ids``) -
+   failure rejects the event;
+6. auth against the room's current state - failure soft-fails it.
+
+Then the event is persisted with its status and state, which moves the forward
+extremities and current state in the store, and the embedder's hooks hear of it.
+
+Processing is serialised per room (one :class:`~twisted.internet.defer.DeferredLock`
+per room) and rooms proceed in parallel. Remote fetches for one PDU share a
+deadline, so a slow origin costs at most ``pdu_timeout`` per PDU and never
+blocks other rooms. Resolutions over many events run in a thread.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import attrs
+from twisted.internet import defer, threads
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from fedlib.auth.rules import auth_types_with, check_auth_events_list, check_auth_with
+from fedlib.errors import AuthError, MatrixError, StateResolutionError
+from fedlib.events.hashing import event_id_with
+from fedlib.events.room_versions import RoomVersion, get_room_version
+from fedlib.storage.interface import EventStatus, PersistItem
+
+__all__ = ["IncomingPduPipeline", "PduOutcome"]
+
+log = Logger()
+
+StateKey = tuple[str, str]
+CREATE_KEY: StateKey = ("m.room.create", "")
+Notify = Callable[..., Awaitable[Any]]
+
+#: Resolutions touching more events than this run in a thread.
+THREAD_THRESHOLD = 500
+#: Events accepted from one /get_missing_events answer.
+MAX_MISSING_EVENTS = 100
+
+
+@attrs.frozen(slots=True)
+class PduOutcome:
+    """What became of one PDU. ``status`` is ``None`` when nothing was stored."""
+
+    event_id: str
+    status: EventStatus | None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status in (EventStatus.ACCEPTED, EventStatus.SOFT_FAILED)
+
+
+class _Deadline:
+    def __init__(self, clock: IReactorTime, seconds: float) -> None:
+        self.clock = clock
+        self.at = clock.seconds() + seconds
+
+    def remaining(self) -> float:
+        return max(0.0, self.at - self.clock.seconds())
+
+    async def run(self, d: Any) -> Any:
+        """Await ``d`` (a Deferred) no longer than the deadline allows."""
+        if not isinstance(d, defer.Deferred):
+            d = defer.ensureDeferred(d) if hasattr(d, "__await__") else defer.succeed(d)
+        remaining = self.remaining()
+        if remaining <= 0:
+            d.addErrback(lambda _: None)  # its failure is superseded by the timeout
+            d.cancel()
+            raise defer.TimeoutError("PDU processing deadline passed")
+        d.addTimeout(remaining, self.clock)
+        return await d
+
+
+def _ref_ids(refs: Any) -> list[str]:
+    out: list[str] = []
+    if isinstance(refs, list):
+        for ref in refs:
+            if isinstance(ref, str):
+                out.append(ref)
+            elif isinstance(ref, list) and ref and isinstance(ref[0], str):
+                out.append(ref[0])
+    return out
+
+
+def _depth(event: Mapping[str, Any]) -> int:
+    d = event.get("depth")
+    return d if isinstance(d, int) and not isinstance(d, bool) else 0
+
+
+def _state_key(event: Mapping[str, Any]) -> StateKey | None:
+    t, sk = event.get("type"), event.get("state_key")
+    return (t, sk) if isinstance(t, str) and isinstance(sk, str) else None
+
+
+class IncomingPduPipeline:
+    """Steps 4-6 and persistence for PDUs of rooms this server is in.
+
+    ``store`` provides ``IFederationStore``; ``gaps`` is a gap filler with
+    ``fetch_auth_events``, ``fetch_missing_prev_events`` and ``fetch_state_at``
+    (or ``None``: nothing is fetched and events with gaps are refused);
+    ``notify(hook_name, *args)`` calls an embedder hook.
+    """
+
+    def __init__(
+        self,
+        store: Any,
+        clock: IReactorTime,
+        notify: Notify,
+        gaps: Any = None,
+        *,
+        pdu_timeout: float = 60.0,
+        thread_threshold: int = THREAD_THRESHOLD,
+    ) -> None:
+        self.store = store
+        self.clock = clock
+        self.notify = notify
+        self.gaps = gaps
+        self.pdu_timeout = pdu_timeout
+        self.thread_threshold = thread_threshold
+        self._locks: dict[str, tuple[defer.DeferredLock, int]] = {}
+
+    # -- per-room serialisation -----------------------------------------------
+
+    async def _locked(self, room_id: str, work: Callable[[], Awaitable[Any]]) -> Any:
+        lock, users = self._locks.get(room_id, (defer.DeferredLock(), 0))
+        self._locks[room_id] = (lock, users + 1)
+        try:
+            await lock.acquire()
+            try:
+                return await work()
+            finally:
+                lock.release()
+        finally:
+            lock, users = self._locks[room_id]
+            if users <= 1:
+                del self._locks[room_id]
+            else:
+                self._locks[room_id] = (lock, users - 1)
+
+    # -- public API ------------------------------------------------------------
+
+    async def process(
+        self,
+        origin: str,
+        room_id: str,
+        room_version: str,
+        pdus: Sequence[tuple[str, dict[str, Any]]],
+        *,
+        extra_checks: Callable[[str, Mapping[str, Any]], Awaitable[None]] | None = None,
+    ) -> dict[str, PduOutcome]:
+        """Run the checks on ``pdus`` (``(event_id, event)`` pairs, verified and of
+        ``room_id``) and persist each, in depth order, holding the room's lock."""
+        version = get_room_version(room_version)
+        ordered = sorted(pdus, key=lambda p: (_depth(p[1]), p[0]))
+
+        async def work() -> dict[str, PduOutcome]:
+            out: dict[str, PduOutcome] = {}
+            for event_id, event in ordered:
+                deadline = _Deadline(self.clock, self.pdu_timeout)
+                try:
+                    out[event_id] = await self._process_one(
+                        origin, room_id, version, event_id, event, deadline, True, extra_checks
+                    )
+                except MatrixError as e:
+                    out[event_id] = PduOutcome(event_id, None, e.msg)
+                except (defer.TimeoutError, defer.CancelledError):
+                    out[event_id] = PduOutcome(event_id, None, "Timed out fetching missing events")
+            return out
+
+        result: dict[str, PduOutcome] = await self._locked(room_id, work)
+        return result
+
+    # -- one PDU ---------------------------------------------------------------
+
+    async def _process_one(
+        self,
+        origin: str,
+        room_id: str,
+        version: RoomVersion,
+        event_id: str,
+        event: dict[str, Any],
+        deadline: _Deadline,
+        fetch_missing: bool,
+        extra_checks: Callable[[str, Mapping[str, Any]], Awaitable[None]] | None = None,
+    ) -> PduOutcome:
+        seen = await self.store.get_events([event_id])
+        if event_id in seen:
+            stored = seen[event_id]
+            if stored.status is not EventStatus.OUTLIER:
+                return PduOutcome(event_id, stored.status, stored.rejection_reason)
+        create = await self._create_event(room_id)
+
+        # Step 4: the event's own auth events.
+        auth_events = await self._auth_events_for(
+            origin, room_id, version, event_id, event, deadline
+        )
+        own_reason: str | None = None
+        if auth_events is None:
+            return PduOutcome(event_id, None, "Could not fetch the event's auth events")
+        try:
+            rejected = await self.store.get_rejected([e for e in auth_events])
+            if rejected:
+                raise AuthError(f"Auth event {sorted(rejected)[0]} was rejected")
+            auth_map = check_auth_events_list(
+                version.identifier,
+                event,
+                list(auth_events.values()),
+                create_event=create[1] if create else None,
+            )
+            check_auth_with(version, event, auth_map, create[0] if create else None)
+        except AuthError as e:
+            own_reason = e.msg
+
+        # Step 5: the state before the event.
+        state_before = await self._state_before(
+            origin, room_id, version, event_id, event, deadline, fetch_missing
+        )
+        if state_before is None:
+            return PduOutcome(event_id, None, "Could not determine the state before the event")
+
+        status = EventStatus.ACCEPTED
+        reason = own_reason
+        if reason is None:
+            try:
+                await self._check_against(version, event, state_before, create)
+            except AuthError as e:
+                reason = e.msg
+        if reason is None and extra_checks is not None:
+            try:
+                await extra_checks(event_id, event)
+            except AuthError as e:
+                reason = e.msg
+        if reason is not None:
+            status = EventStatus.REJECTED
+        else:
+            # Step 6: the current state (soft fail).
+            current = await self.store.get_current_state(room_id)
+            if current and current != state_before:
+                try:
+                    await self._check_against(version, event, current, create)
+                except AuthError as e:
+                    status = EventStatus.SOFT_FAILED
+                    reason = e.msg
+
+        orderings = await self.store.persist_events(
+            room_id,
+            [
+                PersistItem(
+                    event=event,
+                    event_id=event_id,
+                    status=status,
+                    rejection_reason=reason,
+                    state_before=state_before,
+                )
+            ],
+        )
+        await self._announce(
+            room_id, version, event_id, event, status, reason, state_before, orderings
+        )
+        return PduOutcome(event_id, status, reason)
+
+    async def _announce(
+        self,
+        room_id: str,
+        version: RoomVersion,
+        event_id: str,
+        event: Mapping[str, Any],
+        status: EventStatus,
+        reason: str | None,
+        state_before: Mapping[StateKey, str],
+        orderings: Mapping[str, int],
+    ) -> None:
+        if status is EventStatus.ACCEPTED:
+            from fedlib.hooks import NewPdu
+
+            new = NewPdu(
+                event_id=event_id,
+                room_id=room_id,
+                room_version=version.identifier,
+                event=event,
+                state_before=dict(state_before),
+                stream_ordering=int(orderings.get(event_id, 0)) if orderings else 0,
+            )
+            await self.notify("on_new_pdus", room_id, [new])
+        elif status is EventStatus.SOFT_FAILED:
+            await self.notify("on_soft_failed", room_id, event_id, event, reason or "")
+        else:
+            await self.notify("on_rejected", room_id, event_id, event, reason or "")
+
+    # -- helpers ---------------------------------------------------------------
+
+    async def _create_event(self, room_id: str) -> tuple[str, Mapping[str, Any]] | None:
+        events = await self.store.get_current_state_events(room_id, ["m.room.create"])
+        stored = events.get(CREATE_KEY)
+        if stored is None:
+            return None
+        return stored.event_id, stored.event
+
+    async def _check_against(
+        self,
+        version: RoomVersion,
+        event: Mapping[str, Any],
+        state: Mapping[StateKey, str],
+        create: tuple[str, Mapping[str, Any]] | None,
+    ) -> None:
+        wanted = auth_types_with(version, event) | {CREATE_KEY}
+        ids = {state[k]: k for k in wanted if k in state}
+        events = await self.store.get_events(list(ids))
+        auth_map = {ids[eid]: stored.event for eid, stored in events.items()}
+        if create is not None:
+            auth_map.setdefault(CREATE_KEY, create[1])
+        check_auth_with(version, event, auth_map, create[0] if create else None)
+
+    async def _auth_events_for(
+        self,
+        origin: str,
+        room_id: str,
+        version: RoomVersion,
+        event_id: str,
+        event: Mapping[str, Any],
+        deadline: _Deadline,
+    ) -> dict[str, Mapping[str, Any]] | None:
+        """The event's listed auth events by ID, fetching missing ones; ``None`` if
+        some stay missing."""
+        wanted = _ref_ids(event.get("auth_events"))
+        stored = await self.store.get_events(wanted)
+        missing = [e for e in wanted if e not in stored]
+        if missing:
+            if self.gaps is None:
+                return None
+            try:
+                # /event_auth gives the whole chain in one request; /event then
+                # covers whatever that answer lacked.
+                chain = await deadline.run(
+                    self.gaps.fetch_auth_chain(
+                        origin, room_id, event_id, timeout=deadline.remaining()
+                    )
+                )
+                results = list(chain.values())
+                lacking = [e for e in missing if e not in chain]
+                if lacking:
+                    more = await deadline.run(
+                        self.gaps.fetch_auth_events(
+                            origin, room_id, lacking, timeout=deadline.remaining()
+                        )
+                    )
+                    results.extend(more.values())
+            except (MatrixError, defer.TimeoutError, defer.CancelledError) as e:
+                log.info("Fetching auth events of {eid} failed: {e!r}", eid=event_id, e=e)
+                return None
+            await self._store_outliers(room_id, version, _events_of(results))
+            stored = await self.store.get_events(wanted)
+            if any(e not in stored for e in wanted):
+                return None
+        return {eid: stored[eid].event for eid in wanted}
+
+    async def _store_outliers(
+        self, room_id: str, version: RoomVersion, events: Iterable[Mapping[str, Any]]
+    ) -> None:
+        """Persist fetched auth-chain events as outliers, each checked against its own
+        auth events first (in depth order, so chains are checked bottom-up)."""
+        by_id: dict[str, Mapping[str, Any]] = {}
+        for ev in events or ():
+            if not isinstance(ev, Mapping) or ev.get("room_id", room_id) != room_id:
+                continue
+            try:
+                by_id[event_id_with(version, dict(ev))] = ev
+            except MatrixError:
+                continue
+        if not by_id:
+            return
+        known = await self.store.have_seen(list(by_id))
+        create = await self._create_event(room_id)
+        accepted: dict[str, Mapping[str, Any]] = {}
+        items: list[PersistItem] = []
+        for eid, ev in sorted(by_id.items(), key=lambda kv: (_depth(kv[1]), kv[0])):
+            if eid in known:
+                continue
+            auth_ids = _ref_ids(ev.get("auth_events"))
+            stored = await self.store.get_events([a for a in auth_ids if a not in accepted])
+            rejected = await self.store.get_rejected(list(stored))
+            try:
+                if rejected:
+                    raise AuthError("auth event rejected")
+                auth_list = [accepted[a] if a in accepted else stored[a].event for a in auth_ids]
+                auth_map = check_auth_events_list(
+                    version.identifier, ev, auth_list, create_event=create[1] if create else None
+                )
+                check_auth_with(version, ev, auth_map, create[0] if create else None)
+            except (AuthError, KeyError):
+                continue
+            accepted[eid] = ev
+            items.append(PersistItem(event=ev, event_id=eid, status=EventStatus.OUTLIER))
+        if items:
+            await self.store.persist_events(room_id, items)
+
+    async def _state_before(
+        self,
+        origin: str,
+        room_id: str,
+        version: RoomVersion,
+        event_id: str,
+        event: Mapping[str, Any],
+        deadline: _Deadline,
+        fetch_missing: bool,
+    ) -> dict[StateKey, str] | None:
+        prevs = _ref_ids(event.get("prev_events"))
+        if not prevs:
+            # Only a create event has no prev_events; validation refused others.
+            return {}
+        states = await self.store.get_state_after_events(prevs)
+        missing = [p for p in prevs if p not in states]
+        if missing and fetch_missing and self.gaps is not None:
+            await self._fill_prev_events(origin, room_id, version, event, deadline)
+            states = await self.store.get_state_after_events(prevs)
+            missing = [p for p in prevs if p not in states]
+        if missing:
+            if self.gaps is None:
+                return None
+            for prev in missing:
+                state = await self._fetch_state_after(origin, room_id, version, prev, deadline)
+                if state is None:
+                    return None
+                states[prev] = state
+        state_sets = [states[p] for p in prevs]
+        try:
+            return await self._resolve(version, state_sets)
+        except StateResolutionError as e:
+            log.info("State resolution before {eid} failed: {e!r}", eid=event_id, e=e)
+            return None
+
+    async def _fill_prev_events(
+        self,
+        origin: str,
+        room_id: str,
+        version: RoomVersion,
+        event: Mapping[str, Any],
+        deadline: _Deadline,
+    ) -> None:
+        try:
+            event_id = event_id_with(version, dict(event))
+            fetched = await deadline.run(
+                self.gaps.fetch_missing_prev_events(
+                    origin, room_id, event, event_id, timeout=deadline.remaining()
+                )
+            )
+        except (MatrixError, defer.TimeoutError, defer.CancelledError) as e:
+            log.info("get_missing_events failed: {e!r}", e=e)
+            return
+        pairs = [
+            (r.event_id, dict(r.event))
+            for r in list(fetched or ())[:MAX_MISSING_EVENTS]
+            if getattr(r, "event", None) is not None and r.event_id
+        ]
+        for eid, ev in sorted(pairs, key=lambda p: (_depth(p[1]), p[0])):
+            # Missing events are processed in full, but may not recurse into more
+            # gap filling: what they lack comes from /state_ids.
+            try:
+                await self._process_one(origin, room_id, version, eid, ev, deadline, False)
+            except MatrixError as e:
+                log.info("Missing event {eid} dropped: {e!r}", eid=eid, e=e)
+
+    async def _fetch_state_after(
+        self,
+        origin: str,
+        room_id: str,
+        version: RoomVersion,
+        prev_id: str,
+        deadline: _Deadline,
+    ) -> dict[StateKey, str] | None:
+        """State after ``prev_id`` from the origin (``/state_ids`` + fetching what we
+        lack, by the gap filler), storing the events as outliers."""
+        try:
+            answer = await deadline.run(
+                self.gaps.fetch_state_at(origin, room_id, prev_id, timeout=deadline.remaining())
+            )
+            prev = await self.store.get_events([prev_id])
+            prev_event: Mapping[str, Any] | None = None
+            if prev_id in prev:
+                prev_event = prev[prev_id].event
+            else:
+                got = await deadline.run(
+                    self.gaps.fetch_events(origin, room_id, [prev_id], timeout=deadline.remaining())
+                )
+                if prev_id in got and got[prev_id].event is not None:
+                    prev_event = got[prev_id].event
+        except (MatrixError, defer.TimeoutError, defer.CancelledError) as e:
+            log.info("Fetching state at {eid} failed: {e!r}", eid=prev_id, e=e)
+            return None
+        if prev_event is None:
+            return None
+        events = dict(answer.events)
+        await self._store_outliers(room_id, version, _events_of(events.values()))
+        state = dict(answer.state)
+        present = await self.store.have_seen(list(state.values()))
+        rejected = await self.store.get_rejected(list(present))
+        # State events we could not store (they failed their own auth) or that
+        # were rejected drop out of the state rather than poison it.
+        state = {k: v for k, v in state.items() if v in present and v not in rejected}
+        key = _state_key(prev_event)
+        if key is not None:
+            state[key] = prev_id
+        if prev_id not in prev:
+            await self._store_outliers(room_id, version, [prev_event])
+        return state
+
+    async def _resolve(
+        self, version: RoomVersion, state_sets: Sequence[Mapping[StateKey, str]]
+    ) -> dict[StateKey, str]:
+        if len(state_sets) == 1:
+            return dict(state_sets[0])
+        first = state_sets[0]
+        if all(s == first for s in state_sets[1:]):
+            return dict(first)
+        from fedlib.state import resolve
+
+        ids: set[str] = set()
+        for s in state_sets:
+            ids.update(s.values())
+        chain = await self.store.get_auth_chain(ids)
+        stored = await self.store.get_events(ids | set(chain))
+        rejected = await self.store.get_rejected(list(stored))
+        event_map = {eid: s.event for eid, s in stored.items() if eid not in rejected}
+        # Rejected events drop out of the state sets rather than fail the resolution.
+        sets = [{k: v for k, v in s.items() if v in event_map} for s in state_sets]
+        if len(event_map) > self.thread_threshold:
+            resolved: dict[StateKey, str] = await threads.deferToThread(
+                resolve, version.identifier, sets, event_map
+            )
+        else:
+            resolved = resolve(version.identifier, sets, event_map)
+        return resolved
+
+
+def _events_of(results: Iterable[Any]) -> list[Mapping[str, Any]]:
+    """The usable events of :class:`~fedlib.rooms.verify.PduCheckResult` objects."""
+    return [r.event for r in results if getattr(r, "event", None) is not None]
