@@ -81,7 +81,7 @@ class SendTests(SendTestBase):
         self.assertEqual(current[("m.room.member", BOB)], eid)
 
     def test_duplicate_transaction_not_reprocessed(self) -> None:
-        eid, ev = self.message()
+        _eid, ev = self.message()
         r1 = self.send([ev], txn="dup")
         before = self.h.snapshot()
         eid2, ev2 = self.message()
@@ -152,7 +152,7 @@ class AdversarialSendTests(SendTestBase):
         self.assertEqual(self.h.snapshot(), before)
 
     def test_unknown_room(self) -> None:
-        eid, ev = self.message()
+        _eid, ev = self.message()
         ev = dict(ev, room_id="!unknown:elsewhere.test")
         before = self.h.snapshot()
         r = self.send([ev])
@@ -293,7 +293,7 @@ class AdversarialSendTests(SendTestBase):
         self.assert_unchanged(before)
 
     def test_integer_out_of_range(self) -> None:
-        eid, ev = self.message()
+        _eid, ev = self.message()
         from fedlib.canonical import encode_canonical_json
 
         body = encode_canonical_json({"origin": "remote.test", "pdus": [ev]}).replace(
@@ -325,14 +325,14 @@ class AdversarialSendTests(SendTestBase):
         nested: Any = {}
         for _ in range(200):
             nested = {"a": nested}
-        eid, ev = self.rb.make("m.room.message", BOB, {"body": "x", "n": nested})
+        _eid, ev = self.rb.make("m.room.message", BOB, {"body": "x", "n": nested})
         before = self.h.snapshot()
         r = self.send([ev])
         self.assertEqual((r.code, r.errcode), (400, "M_BAD_JSON"))
         self.assertEqual(self.h.snapshot(), before)
 
     def test_unsigned_and_wrongly_signed_requests(self) -> None:
-        eid, ev = self.message()
+        _eid, ev = self.message()
         before = self.h.snapshot()
         for kw in ({"sign": False}, {"key": generate_signing_key("r1")}, {"destination": "x.test"}):
             r = self.send([ev], **kw)
@@ -435,7 +435,7 @@ class GapTests(SendTestBase):
         proto.dataReceived(raw)
         self.assertEqual(transport.value(), b"")
         # The same origin's next transaction is refused quickly, not queued.
-        eid2, ev2 = self.message()
+        _eid2, ev2 = self.message()
         r = self.send([ev2])
         self.assertEqual((r.code, r.errcode), (429, "M_LIMIT_EXCEEDED"))
         # Another origin, another room: proceeds while the first room waits.
