@@ -321,7 +321,6 @@ class AdversarialSendTests(SendTestBase):
         self.assertEqual(self.h.snapshot(), before)
 
     def test_deeply_nested(self) -> None:
-        eid, ev = self.rb.make("m.room.message", BOB, {"body": "x", "n": {}})
         nested: Any = {}
         for _ in range(200):
             nested = {"a": nested}
