@@ -236,22 +236,22 @@ def order_srv_records(
 class ServerResolver:
     """Implements "Resolving server names", caching well-known answers.
 
-    :param dns_resolver: the DNS resolver for SRV lookups
-        (``twisted.names.client.getResolver()`` in production).
+    :param dns_resolver: the DNS resolver for SRV lookups; ``None`` means
+        ``twisted.names.client.getResolver()``, created on first use.
     :param well_known_fetcher: performs the well-known HTTPS GETs.
     :param clock: for cache expiry and the well-known timeout.
     """
 
     def __init__(
         self,
-        dns_resolver: IResolver,
+        dns_resolver: IResolver | None,
         well_known_fetcher: IWellKnownFetcher,
         clock: IReactorTime,
         *,
         rng: Callable[[], float] = random.random,
         well_known_timeout: float = WELL_KNOWN_TIMEOUT,
     ) -> None:
-        self._dns = dns_resolver
+        self._dns_resolver = dns_resolver
         self._fetcher = well_known_fetcher
         self._clock = clock
         self._rng = rng
@@ -354,10 +354,17 @@ class ServerResolver:
             Method.WELL_KNOWN_DEFAULT_PORT if delegated else Method.DEFAULT_PORT,
         )
 
+    def _dns(self) -> IResolver:
+        if self._dns_resolver is None:
+            from twisted.names import client
+
+            self._dns_resolver = client.getResolver()  # type: ignore[no-untyped-call]
+        return self._dns_resolver
+
     async def _lookup_srv(self, name: str) -> tuple[list[dns.Record_SRV], str]:
         try:
             # Twisted annotates the result as three records; it is three lists of them.
-            result: Any = await self._dns.lookupService(name, _DNS_TIMEOUTS)
+            result: Any = await self._dns().lookupService(name, _DNS_TIMEOUTS)
             answers = list(result[0])
         except DNSNameError:
             return [], f"SRV {name}: no such record"

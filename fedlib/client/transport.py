@@ -20,9 +20,8 @@ from urllib.parse import quote, urlencode
 
 import attrs
 from twisted.internet import defer, task
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IReactorTime, IResolver
 from twisted.logger import Logger
-from twisted.names import client as dns_client
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IBodyProducer
 from zope.interface import Interface, implementer
@@ -266,6 +265,21 @@ def _should_fall_back(e: RemoteError) -> bool:
     return e.code == 404 and not e.body
 
 
+def _transport_error(e: Exception, destination: str, what: str, timed_out: bool) -> MatrixError:
+    """The MatrixError a caller sees for a request that got no usable answer."""
+    if timed_out:
+        return RequestTimeoutError(destination, f"{what} timed out")
+    if isinstance(e, ResponseTooLargeError):
+        return InvalidResponseError(destination, str(e))
+    if isinstance(e, TruncatedResponseError):
+        return InvalidResponseError(destination, str(e)[:200])
+    if isinstance(e, DiscoveryError):
+        return FederationRequestError(destination, f"cannot resolve: {e.msg}")
+    if isinstance(e, MatrixError):
+        return e
+    return FederationRequestError(destination, f"{what} failed: {type(e).__name__}: {e}"[:300])
+
+
 def _q(segment: str) -> str:
     return quote(segment, safe="")
 
@@ -281,7 +295,8 @@ class FederationClient:
     :param reactor: the Twisted reactor (TCP, TLS, time).
     :param agent: an IAgent for ``matrix-federation://`` URIs; by default a
         :class:`~fedlib.client.agent.MatrixFederationAgent` built from the options below.
-    :param resolver: server-name resolver (default: system DNS and HTTPS well-known).
+    :param resolver: server-name resolver (default: ``dns_resolver`` or the system's
+        DNS, and ``well_known_fetcher`` or HTTPS well-known).
     :param verify_tls: check certificates (on by default; ``False`` only for loopback tests).
     :param ca_bundle: PEM file of trusted CAs instead of the platform's.
     :param host_overrides: host name to IP address map applied when connecting.
@@ -299,6 +314,7 @@ class FederationClient:
         agent: IAgent | None = None,
         resolver: ServerResolver | None = None,
         well_known_fetcher: IWellKnownFetcher | None = None,
+        dns_resolver: IResolver | None = None,
         verify_tls: bool = True,
         ca_bundle: str | None = None,
         host_overrides: Mapping[str, str] | None = None,
@@ -320,11 +336,7 @@ class FederationClient:
                 fetcher = well_known_fetcher or HttpsWellKnownFetcher(
                     reactor, tls=tls, host_overrides=host_overrides
                 )
-                resolver = ServerResolver(
-                    dns_client.getResolver(),  # type: ignore[no-untyped-call]
-                    fetcher,
-                    self._clock,
-                )
+                resolver = ServerResolver(dns_resolver, fetcher, self._clock)
             agent = MatrixFederationAgent(reactor, resolver, tls=tls, host_overrides=host_overrides)
         self.agent = agent
         if backoff is None:
@@ -393,13 +405,19 @@ class FederationClient:
                     room_version,
                 )
             except (FederationRequestError, RemoteError) as e:
-                transient = not isinstance(e, RemoteError) or (e.code >= 500 and e.code != 501)
+                # A malformed body will be malformed again: only unreachable servers,
+                # timeouts and 5xx answers are worth another try and count as failing.
+                transient = (
+                    e.code >= 500 and e.code != 501
+                    if isinstance(e, RemoteError)
+                    else not isinstance(e, InvalidResponseError)
+                )
                 if transient and attempt < retries:
                     delay = RETRY_BASE_DELAY * (2**attempt) * (0.75 + 0.5 * self._rng())
                     attempt += 1
                     await task.deferLater(self._clock, delay, lambda: None)
                     continue
-                if transient and not isinstance(e, InvalidResponseError):
+                if transient:
                     await self._record_failure(destination)
                 else:
                     await self._record_success(destination)
@@ -437,23 +455,25 @@ class FederationClient:
             return response.code, data
 
         d = defer.ensureDeferred(go())
-        d.addTimeout(timeout, self._clock)
+        # addTimeout only recognises a bare CancelledError, but a cancelled agent
+        # request fails with its own wrappers, so remember that the timer fired.
+        timed_out: list[bool] = []
+
+        def expire() -> None:
+            timed_out.append(True)
+            d.cancel()
+
+        timer = self._clock.callLater(timeout, expire)
         started = time.monotonic()
         try:
-            code, data = await d
-        except defer.TimeoutError:
-            raise RequestTimeoutError(destination, f"{method} {uri[:80]} timed out") from None
-        except ResponseTooLargeError as e:
-            raise InvalidResponseError(destination, str(e)) from None
-        except TruncatedResponseError as e:
-            raise InvalidResponseError(destination, str(e)[:200]) from None
-        except DiscoveryError as e:
-            raise FederationRequestError(destination, f"cannot resolve: {e.msg}") from None
-        except MatrixError:
-            raise
+            try:
+                code, data = await d
+            finally:
+                if timer.active():
+                    timer.cancel()
         except Exception as e:
-            raise FederationRequestError(
-                destination, f"{method} {uri[:80]} failed: {type(e).__name__}: {e}"[:300]
+            raise _transport_error(
+                e, destination, f"{method} {uri[:80]}", bool(timed_out)
             ) from None
         log.debug(
             "{method} {destination}{uri} -> {code} in {secs:.3f}s",
@@ -630,7 +650,7 @@ class FederationClient:
         back to v1 when the remote does not know v2."""
 
         async def run() -> SendJoinResponse:
-            path = f"/_matrix/federation/%s/send_join/{_q(room_id)}/{_q(event_id)}"
+            tail = f"send_join/{_q(room_id)}/{_q(event_id)}"
             kwargs: dict[str, Any] = dict(
                 content=dict(event),
                 timeout=LARGE_TIMEOUT,
@@ -641,7 +661,7 @@ class FederationClient:
                 body = await self.request(
                     "PUT",
                     destination,
-                    path % "v2",
+                    f"/_matrix/federation/v2/{tail}",
                     query={"omit_members": "true"} if omit_members else None,
                     **kwargs,
                 )
@@ -651,7 +671,9 @@ class FederationClient:
                     raise
                 body = _unwrap_v1(
                     destination,
-                    await self.request("PUT", destination, path % "v1", **kwargs),
+                    await self.request(
+                        "PUT", destination, f"/_matrix/federation/v1/{tail}", **kwargs
+                    ),
                     "send_join",
                 )
             members_omitted = body.get("members_omitted", False)
@@ -700,14 +722,18 @@ class FederationClient:
         """``PUT /v2/send_leave``, falling back to v1."""
 
         async def run() -> None:
-            path = f"/_matrix/federation/%s/send_leave/{_q(room_id)}/{_q(event_id)}"
+            tail = f"send_leave/{_q(room_id)}/{_q(event_id)}"
             try:
-                body = await self.request("PUT", destination, path % "v2", content=dict(event))
+                body = await self.request(
+                    "PUT", destination, f"/_matrix/federation/v2/{tail}", content=dict(event)
+                )
                 _dict(destination, body, "send_leave response")
             except RemoteError as e:
                 if not _should_fall_back(e):
                     raise
-                body = await self.request("PUT", destination, path % "v1", content=dict(event))
+                body = await self.request(
+                    "PUT", destination, f"/_matrix/federation/v1/{tail}", content=dict(event)
+                )
                 _unwrap_v1(destination, body, "send_leave")
 
         return self._call(run())
@@ -725,13 +751,13 @@ class FederationClient:
         server (not yet verified: the caller checks it)."""
 
         async def run() -> dict[str, Any]:
-            path = f"/_matrix/federation/%s/invite/{_q(room_id)}/{_q(event_id)}"
+            tail = f"invite/{_q(room_id)}/{_q(event_id)}"
             stripped = [dict(s) for s in invite_room_state]
             try:
                 body = await self.request(
                     "PUT",
                     destination,
-                    path % "v2",
+                    f"/_matrix/federation/v2/{tail}",
                     content={
                         "event": dict(event),
                         "room_version": room_version,
@@ -752,7 +778,7 @@ class FederationClient:
                     await self.request(
                         "PUT",
                         destination,
-                        path % "v1",
+                        f"/_matrix/federation/v1/{tail}",
                         content=v1_event,
                         room_version=room_version,
                     ),
