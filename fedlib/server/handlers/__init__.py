@@ -10,9 +10,9 @@ __all__ = ["all_routes"]
 
 def all_routes(ctx: ServerContext) -> list[Route]:
     """Every route the federation Resource tree serves."""
-    from fedlib.server.handlers import keys, query, transactions, version
+    from fedlib.server.handlers import events, keys, query, transactions, version
 
     routes: list[Route] = []
-    for module in (version, keys, query, transactions):
+    for module in (version, keys, query, transactions, events):
         routes.extend(module.routes(ctx))
     return routes
