@@ -458,13 +458,13 @@ class FakeAgentTests(unittest.TestCase):
     def test_backoff_grows_and_is_capped(self) -> None:
         intervals = []
         for _ in range(12):
-            self.agent.answers = [ConnectionRefusedError()]
-            self.failureResultOf(
-                self.client.send_transaction("dest", "t", [], []), FederationRequestError
-            )
+            self.agent.answers = [ConnectionRefusedError()] * 3
+            d = self.client.get_server_keys("dest")
+            self.clock.pump([1.0] * 4)  # past the in-call retries
+            self.failureResultOf(d, FederationRequestError)
             state = self.successResultOf(self.client.backoff.get_destination_retry("dest"))
-            intervals.append(state.retry_interval)
-            self.clock.advance(state.retry_interval / 1000 + 1)
+            intervals.append(state.retry_interval_ms)
+            self.clock.advance(state.retry_interval_ms / 1000 + 1)
         self.assertEqual(intervals[:3], [30_000, 60_000, 120_000])
         self.assertEqual(max(intervals), 3_600_000)
         self.successResultOf(self.client.reset_backoff("dest"))
@@ -478,8 +478,30 @@ class FakeAgentTests(unittest.TestCase):
 
     def test_put_not_retried(self) -> None:
         self.agent.answers = [(500, b"{}")]
-        self.failureResultOf(self.client.send_transaction("dest", "t", [], []), RemoteError)
+        self.failureResultOf(self.client.send_leave("dest", "!r:x", "$e", {}), RemoteError)
         self.assertEqual(len(self.agent.requests), 1)
+
+    def test_transactions_leave_backoff_to_the_sender(self) -> None:
+        self.agent.answers = [ConnectionRefusedError()]
+        self.failureResultOf(
+            self.client.send_transaction("dest", "t", [], []), FederationRequestError
+        )
+        self.assertIsNone(self.successResultOf(self.client.backoff.get_destination_retry("dest")))
+        self.successResultOf(self.client.backoff.set_destination_retry("dest", 10**12, 10**9))
+        self.successResultOf(self.client.send_transaction("dest", "t2", [], []))
+
+    def test_store_provides_backoff(self) -> None:
+        from fedlib.storage.memory import MemoryStore
+
+        store = MemoryStore()
+        client = FederationClient(
+            ORIGIN, KEY, reactor, agent=self.agent, clock=self.clock, store=store, get_retries=0
+        )
+        self.agent.answers = [ConnectionRefusedError()]
+        self.failureResultOf(client.version("dest"), FederationRequestError)
+        state = self.successResultOf(store.get_destination_retry("dest"))
+        self.assertEqual(state.failure_ts, int(self.clock.seconds() * 1000))
+        self.failureResultOf(client.version("dest"), NotRetryingDestinationError)
 
     def test_floats_rejected_for_strict_room_versions(self) -> None:
         body = b'{"pdus": [{"content": {"x": 1.5}}]}'

@@ -39,6 +39,7 @@ from fedlib.client.discovery import DiscoveryError, IWellKnownFetcher, ServerRes
 from fedlib.crypto.request_auth import sign_request
 from fedlib.errors import MatrixError
 from fedlib.events.room_versions import KNOWN_ROOM_VERSIONS
+from fedlib.storage.interface import DestinationRetry
 
 log = Logger()
 
@@ -119,28 +120,22 @@ class RemoteError(MatrixError):
 # -- destination backoff ----------------------------------------------------------------
 
 
-@attrs.frozen(slots=True)
-class DestinationRetry:
-    """Backoff state of one destination, in milliseconds since the epoch."""
-
-    failure_ts: int  # when the current run of failures started
-    retry_last_ts: int  # when the last attempt failed
-    retry_interval: int  # how long to wait after retry_last_ts
-
-    @property
-    def retry_at_ms(self) -> int:
-        return self.retry_last_ts + self.retry_interval
-
-
 class IDestinationBackoff(Interface):
-    """Where per-destination backoff state lives (the storage layer provides the
-    same two methods)."""
+    """Where per-destination backoff state lives: the same three methods as
+    :class:`fedlib.storage.interface.IFederationStore`, so a store can be used as is.
+
+    The destination is not contacted before ``failure_ts + retry_interval_ms``
+    (milliseconds since the epoch).
+    """
 
     def get_destination_retry(destination: str) -> Any:
-        """Deferred :class:`DestinationRetry` or ``None`` (not backing off)."""
+        """Deferred :class:`~fedlib.storage.interface.DestinationRetry` or ``None``."""
 
-    def set_destination_retry(destination: str, retry: DestinationRetry | None) -> Any:
-        """Deferred ``None``; ``retry=None`` clears the state."""
+    def set_destination_retry(destination: str, failure_ts: int, retry_interval_ms: int) -> Any:
+        """Deferred ``None``."""
+
+    def reset_destination_retry(destination: str) -> Any:
+        """Deferred ``None``."""
 
 
 @implementer(IDestinationBackoff)
@@ -155,13 +150,16 @@ class InMemoryDestinationBackoff:
         return defer.succeed(self._state.get(destination))
 
     def set_destination_retry(
-        self, destination: str, retry: DestinationRetry | None
+        self, destination: str, failure_ts: int, retry_interval_ms: int
     ) -> defer.Deferred[None]:
         self._state.pop(destination, None)
-        if retry is not None:
-            while len(self._state) >= self._max:
-                del self._state[next(iter(self._state))]
-            self._state[destination] = retry
+        while len(self._state) >= self._max:
+            del self._state[next(iter(self._state))]
+        self._state[destination] = DestinationRetry(failure_ts, retry_interval_ms)
+        return defer.succeed(None)
+
+    def reset_destination_retry(self, destination: str) -> defer.Deferred[None]:
+        self._state.pop(destination, None)
         return defer.succeed(None)
 
 
@@ -375,12 +373,16 @@ class FederationClient:
 
         ``path`` is already percent-encoded. GETs are retried ``retries`` times
         (default :attr:`get_retries`) after transport failures and 5xx answers;
-        other methods are not retried unless ``retries`` says so.
+        other methods are not retried unless ``retries`` says so. With
+        ``ignore_backoff`` the destination's backoff state is neither checked nor
+        updated (for callers that manage it themselves, like the transaction sender).
         """
         if not ignore_backoff:
             state = await self.backoff.get_destination_retry(destination)
-            if state is not None and self._now_ms() < state.retry_at_ms:
-                raise NotRetryingDestinationError(destination, state.retry_at_ms)
+            if state is not None:
+                retry_at = state.failure_ts + state.retry_interval_ms
+                if self._now_ms() < retry_at:
+                    raise NotRetryingDestinationError(destination, retry_at)
         if retries is None:
             retries = self.get_retries if method == "GET" else 0
         uri = path
@@ -417,12 +419,14 @@ class FederationClient:
                     attempt += 1
                     await task.deferLater(self._clock, delay, lambda: None)
                     continue
-                if transient:
-                    await self._record_failure(destination)
-                else:
-                    await self._record_success(destination)
+                if not ignore_backoff:
+                    if transient:
+                        await self._record_failure(destination)
+                    else:
+                        await self._record_success(destination)
                 raise
-            await self._record_success(destination)
+            if not ignore_backoff:
+                await self._record_success(destination)
             return result
 
     async def _attempt(
@@ -508,23 +512,18 @@ class FederationClient:
         )
 
     async def _record_failure(self, destination: str) -> None:
-        now = self._now_ms()
-        state: DestinationRetry | None = await self.backoff.get_destination_retry(destination)
+        state = await self.backoff.get_destination_retry(destination)
         if state is None:
             interval = BACKOFF_MIN_MS
-            first = now
         else:
-            interval = min(state.retry_interval * BACKOFF_MULTIPLIER, BACKOFF_MAX_MS)
-            first = state.failure_ts
-        jittered = int(interval * (0.8 + 0.4 * self._rng()))
-        await self.backoff.set_destination_retry(
-            destination, DestinationRetry(first, now, max(jittered, 1))
-        )
+            interval = min(state.retry_interval_ms * BACKOFF_MULTIPLIER, BACKOFF_MAX_MS)
+        jittered = max(int(interval * (0.8 + 0.4 * self._rng())), 1)
+        await self.backoff.set_destination_retry(destination, self._now_ms(), jittered)
 
     async def _record_success(self, destination: str) -> None:
         state = await self.backoff.get_destination_retry(destination)
         if state is not None:
-            await self.backoff.set_destination_retry(destination, None)
+            await self.backoff.reset_destination_retry(destination)
 
     def reset_backoff(self, destination: str) -> defer.Deferred[None]:
         """Forget that ``destination`` was failing (e.g. it just sent us a valid request)."""
@@ -1004,7 +1003,8 @@ class FederationClient:
     ) -> defer.Deferred[dict[str, Any]]:
         """``PUT /send/{txnId}``: the per-PDU results (``{event_id: {} or {"error": ...}}``).
 
-        Not retried here: the transaction sender owns retries and ordering.
+        Not retried here, and the destination backoff is left alone: the
+        transaction sender owns retries, ordering and that destination's backoff.
         """
 
         async def run() -> dict[str, Any]:
@@ -1012,6 +1012,7 @@ class FederationClient:
                 "PUT",
                 destination,
                 f"/_matrix/federation/v1/send/{_q(txn_id)}",
+                ignore_backoff=True,
                 content={
                     "origin": self.server_name,
                     "origin_server_ts": origin_server_ts
