@@ -750,7 +750,14 @@ def _(v: str) -> Built:
     return _tpi(v)
 
 
-@case("3pid invite: key listed in public_keys", ALLOW)
+@case("3pid invite: key listed second in public_keys", ALLOW)
+def _(v: str) -> Built:
+    other = encode_base64(get_verify_key(_OTHER_KEY).encode())
+    keys = {"public_keys": [{"public_key": other}, {"public_key": _TPI_PUBLIC}]}
+    return _tpi(v, keys=keys)
+
+
+@case("3pid invite: a junk key before the right one", ALLOW)
 def _(v: str) -> Built:
     keys = {"public_keys": [{"public_key": "AAAA"}, {"public_key": _TPI_PUBLIC}]}
     return _tpi(v, keys=keys)
