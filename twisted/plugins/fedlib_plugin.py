@@ -1,0 +1,273 @@
+"""``twistd fedlib``: a standalone Matrix federation server on SQLite.
+
+Everything is checked in :meth:`Options.postOptions`, so a bad option, key file
+or config file ends ``twistd`` with one clear line instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from twisted.application.service import IServiceMaker, MultiService
+from twisted.plugin import IPlugin
+from twisted.python import usage
+from zope.interface import implementer
+
+
+class Options(usage.Options):
+    """Command-line options; a YAML ``--config`` file supplies the rest, and the
+    command line wins over it."""
+
+    synopsis = "--server-name NAME [--data-dir DIR] [options]"
+    longdesc = (
+        "Run a Matrix federation server (key server and every federation endpoint) "
+        "on SQLite, with a signing key and optionally a self-signed certificate "
+        "created in the data directory on first run."
+    )
+
+    optFlags = [
+        ["self-signed", None, "Create DIR/tls.crt and DIR/tls.key if missing (self-signed)."],
+        [
+            "no-verify-tls",
+            None,
+            "Do not verify remote servers' TLS certificates (loopback tests only).",
+        ],
+    ]
+    optParameters = [
+        ["server-name", None, None, "This server's name, e.g. example.org or 127.0.0.1:8448."],
+        ["data-dir", None, None, "Directory for the key, certificate and database."],
+        ["database", None, None, "sqlite:///PATH (default DIR/fedlib.db) or postgresql://..."],
+        ["config", None, None, "YAML file with further options (notaries, limits, log_level...)."],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        self["listen"] = []
+
+    def opt_listen(self, description: str) -> None:
+        """Federation listener endpoint, repeatable [default: ssl:8448:privateKey=DIR/tls.key:certKey=DIR/tls.crt]"""
+        self["listen"].append(description)
+
+    def postOptions(self) -> None:
+        from fedlib.config import ConfigError
+
+        try:
+            self["fedlib"] = _prepare(self)
+        except (ConfigError, OSError, ValueError) as e:
+            raise usage.UsageError(str(e)) from None
+        except Exception as e:  # key files and the like fail with library errors
+            raise usage.UsageError(f"{type(e).__name__}: {e}") from None
+
+
+def _prepare(opts: Options) -> dict[str, Any]:
+    """Merge the YAML file and the command line, create what is missing in the data
+    directory and return everything :class:`StandaloneService` needs."""
+    from fedlib.config import (
+        ConfigError,
+        config_from_mapping,
+        load_yaml_config,
+        parse_server_name,
+    )
+    from fedlib.crypto.keys import load_or_create_signing_key
+
+    merged: dict[str, Any] = {}
+    if opts["config"]:
+        merged.update(load_yaml_config(opts["config"]))
+    if opts["server-name"]:
+        merged["server_name"] = opts["server-name"]
+    if opts["data-dir"]:
+        merged["data_dir"] = opts["data-dir"]
+    if opts["database"]:
+        merged["database"] = opts["database"]
+    if opts["listen"]:
+        merged["listen"] = list(opts["listen"])
+    if opts["self-signed"]:
+        merged["self_signed"] = True
+    if opts["no-verify-tls"]:
+        merged["verify_tls"] = False
+    if not merged.get("server_name"):
+        raise ConfigError("--server-name is required")
+    parse_server_name(merged["server_name"])
+
+    data_dir = Path(merged.get("data_dir") or "./fedlib-data").resolve()
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"Cannot create data directory {data_dir}: {e.strerror}") from None
+    key_path = Path(merged.get("signing_key_path") or data_dir / "signing.key")
+    try:
+        signing_key = load_or_create_signing_key(key_path)
+    except OSError as e:
+        raise ConfigError(f"Cannot read or create signing key {key_path}: {e.strerror}") from None
+    except Exception as e:
+        raise ConfigError(f"Signing key file {key_path} is invalid: {e}") from None
+
+    cert = Path(merged.get("tls_certificate_path") or data_dir / "tls.crt")
+    key = Path(merged.get("tls_private_key_path") or data_dir / "tls.key")
+    if merged.get("self_signed"):
+        from fedlib.tls import ensure_self_signed, host_of
+
+        ensure_self_signed(cert, key, host_of(merged["server_name"]))
+    merged["tls_certificate_path"] = str(cert)
+    merged["tls_private_key_path"] = str(key)
+    if not merged.get("listen"):
+        merged["listen"] = [f"ssl:8448:privateKey={_esc(key)}:certKey={_esc(cert)}"]
+    listen = merged["listen"] if isinstance(merged["listen"], list) else [merged["listen"]]
+    for description in listen:
+        _check_endpoint(description)
+
+    database = merged.get("database") or f"sqlite:///{data_dir / 'fedlib.db'}"
+    if not isinstance(database, str) or not database.startswith(
+        ("sqlite://", "postgresql://", "postgres://", "memory:")
+    ):
+        raise ConfigError(
+            f"--database must be sqlite:///PATH or postgresql://..., not {database!r}"
+        )
+    level = str(merged.get("log_level", "info")).lower()
+    if level not in ("debug", "info", "warn", "warning", "error", "critical"):
+        raise ConfigError(f"log_level must be debug, info, warn, error or critical, not {level}")
+
+    # Validate everything else now (the store is opened when the service starts).
+    config = config_from_mapping(merged, signing_key=signing_key, store=None)
+    return {"config": config, "database": database, "log_level": level}
+
+
+def _esc(path: Path) -> str:
+    # Endpoint descriptions use ':' as a separator and '\' as its escape.
+    return str(path).replace("\\", "\\\\").replace(":", "\\:")
+
+
+def _check_endpoint(description: str) -> None:
+    from twisted.internet import endpoints
+
+    from fedlib.config import ConfigError
+
+    if description.startswith("ssl:"):
+        for part in description.split(":"):
+            for name in ("privateKey=", "certKey="):
+                if part.startswith(name) and not Path(part[len(name) :]).exists():
+                    raise ConfigError(
+                        f"--listen {description!r}: {part[len(name) :]} does not exist "
+                        "(use --self-signed to create a certificate)"
+                    )
+    try:
+        # Parsing only: the plugin named in the description must exist and accept
+        # the arguments; nothing is opened here.
+        endpoints._parseServer(description, None)  # type: ignore[attr-defined,no-untyped-call]
+    except Exception as e:
+        raise ConfigError(f"Bad --listen endpoint {description!r}: {e}") from None
+
+
+class _ForwardToTwisted(logging.Handler):
+    """Sends the stdlib logging of fedlib's modules to twistd's log."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from twisted.logger import Logger
+
+        try:
+            msg = self.format(record)
+        except Exception:
+            msg = record.getMessage()
+        logger = Logger(namespace=record.name)
+        if record.levelno >= logging.ERROR:
+            logger.error("{msg}", msg=msg)
+        elif record.levelno >= logging.WARNING:
+            logger.warn("{msg}", msg=msg)
+        elif record.levelno >= logging.INFO:
+            logger.info("{msg}", msg=msg)
+        else:
+            logger.debug("{msg}", msg=msg)
+
+
+class StandaloneService(MultiService):
+    """Opens the store, then runs a :class:`fedlib.service.FederationService`."""
+
+    def __init__(self, prepared: dict[str, Any]) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        self.prepared = prepared
+        self.federation: Any = None
+        self._starting: Any = None
+
+    def startService(self) -> None:
+        from twisted.internet import defer, reactor
+        from twisted.logger import Logger
+
+        log = Logger()
+        level = self.prepared["log_level"]
+        fedlib_logger = logging.getLogger("fedlib")
+        fedlib_logger.setLevel(logging.WARNING if level == "warn" else level.upper())
+        if not any(isinstance(h, _ForwardToTwisted) for h in fedlib_logger.handlers):
+            fedlib_logger.addHandler(_ForwardToTwisted())
+        super().startService()  # type: ignore[no-untyped-call]
+        config = self.prepared["config"]
+        if not config.tls.verify:
+            log.warn(
+                "*** --no-verify-tls: remote servers' TLS certificates are NOT verified. "
+                "Use this only for tests on loopback. ***"
+            )
+
+        @defer.inlineCallbacks
+        def go() -> Any:
+            import attrs
+
+            from fedlib.service import FederationService
+
+            store = yield _open_store(self.prepared["database"], reactor)
+            fed = FederationService(attrs.evolve(config, store=store), reactor=reactor)
+            self.federation = fed
+            yield fed.startService()
+            log.info(
+                "fedlib serving {name} on {listen}",
+                name=config.server_name,
+                listen=", ".join(config.listen),
+            )
+
+        def failed(f: Any) -> None:
+            log.failure("fedlib failed to start", f)
+            log.error("fedlib failed to start: {err}", err=f.getErrorMessage())
+            if reactor.running:  # type: ignore[attr-defined,no-untyped-call]
+                reactor.stop()  # type: ignore[attr-defined,no-untyped-call]
+
+        self._starting = go()
+        self._starting.addErrback(failed)
+
+    def stopService(self) -> Any:
+        from twisted.internet import defer
+
+        super().stopService()  # type: ignore[no-untyped-call]
+        if self.federation is not None and self.federation.running:
+            return self.federation.stopService()
+        return defer.succeed(None)
+
+
+def _open_store(url: str, reactor: Any) -> Any:
+    from twisted.internet import defer
+    from twisted.logger import Logger
+
+    from fedlib import storage
+
+    open_store = getattr(storage, "open_store", None)
+    if open_store is not None:
+        return defer.maybeDeferred(open_store, url, reactor=reactor)
+    if url.startswith("sqlite://"):
+        from fedlib.storage.sqlite import SqliteStore
+
+        # sqlite:///relative.db or sqlite:////absolute/path.db, as elsewhere.
+        return SqliteStore.open(url[len("sqlite:///") :], reactor)
+    Logger().warn("No store for {url}: keeping everything in memory", url=url)
+    return defer.succeed(storage.MemoryStore())
+
+
+@implementer(IServiceMaker, IPlugin)
+class FedlibServiceMaker:
+    tapname = "fedlib"
+    description = "A Matrix federation server (fedlib)."
+    options = Options
+
+    def makeService(self, options: Options) -> StandaloneService:
+        return StandaloneService(options["fedlib"])
+
+
+serviceMaker = FedlibServiceMaker()
