@@ -261,7 +261,9 @@ class Keyring:
     async def _fetch_now(self, server_name: str) -> None:
         """Try the origin, then each notary; remember the last error. Never fails."""
         errors: list[str] = []
-        if self.fetch_directly:
+        # A notary's own keys can only come from the notary itself.
+        is_notary = any(n.server_name == server_name for n in self.notaries)
+        if self.fetch_directly or is_notary:
             try:
                 await self._fetch_direct(server_name)
                 self._last_error.pop(server_name, None)
