@@ -264,8 +264,14 @@ class SqlStore:
             out[int(gid)][(typ, sk)] = eid
         return out
 
-    def _resolve_group(self, cur: Cursor, gid: int) -> dict[StateKey, str]:
-        cached = self._cached(gid)
+    def _resolve_group(
+        self, cur: Cursor, gid: int, memo: dict[int, dict[StateKey, str]] | None = None
+    ) -> dict[StateKey, str]:
+        """The full state of group ``gid``. ``memo`` holds groups resolved earlier in
+        the same call, used like the cache as starting points."""
+        cached = memo.get(gid) if memo is not None else None
+        if cached is None:
+            cached = self._cached(gid)
         if cached is not None:
             return cached
         chain = self._chain(cur, gid)
@@ -273,7 +279,9 @@ class SqlStore:
         base: dict[StateKey, str] = {}
         ids = [g for g, _, _, _ in chain]
         for i, g in enumerate(ids):
-            hit = self._cached(g)
+            hit = memo.get(g) if memo is not None else None
+            if hit is None:
+                hit = self._cached(g)
             if hit is not None:
                 base, ids = hit, ids[:i]
                 break
@@ -714,10 +722,12 @@ class SqlStore:
             f"SELECT event_id, {col} FROM events WHERE event_id IN ({{in}}) AND {col} IS NOT NULL",
             ids,
         )
-        out = {}
-        for eid, gid in rows:
-            out[eid] = dict(self._resolve_group(cur, int(gid)))
-        return out
+        # Ancestors have smaller IDs: resolving in ID order lets later groups start
+        # from earlier ones instead of from their snapshot.
+        memo: dict[int, dict[StateKey, str]] = {}
+        for gid in sorted({int(r[1]) for r in rows}):
+            memo[gid] = self._resolve_group(cur, gid, memo)
+        return {eid: dict(memo[int(gid)]) for eid, gid in rows}
 
     def get_state_before(self, event_id: str) -> D[dict[StateKey, str] | None]:
         return self._read(self._state_of, [event_id], False).addCallback(lambda m: m.get(event_id))
