@@ -9,7 +9,12 @@ from typing import Any
 from twisted.internet import defer
 
 from fedlib.crypto.keys import generate_signing_key, get_verify_key, key_id
-from fedlib.crypto.signing import required_signers, sign_event, verify_event_signatures
+from fedlib.crypto.signing import (
+    required_signers,
+    sign_event,
+    verify_event_signatures,
+    verify_json,
+)
 from fedlib.errors import SignatureError
 from fedlib.events.hashing import compute_event_id
 from fedlib.events.room_versions import get_room_version
@@ -47,7 +52,16 @@ class FakeKeyring:
         return defer.succeed(None)
 
     def verify_json_for_server(self, server_name: str, obj: Any, valid_at_ts: Any = None) -> Any:
-        raise NotImplementedError
+        keys = self.keys.get(server_name, {})
+        sigs = obj.get("signatures", {}).get(server_name, {})
+        for kid, key in keys.items():
+            if kid in sigs:
+                try:
+                    verify_json(obj, server_name, key)
+                except SignatureError:
+                    return defer.fail()
+                return defer.succeed(None)
+        return defer.fail(SignatureError(f"No known signature of {server_name}"))
 
     def get_verify_keys(self, server_name: str, key_ids: Any, valid_at_ts: Any = None) -> Any:
         raise NotImplementedError
