@@ -12,6 +12,7 @@ from typing import Any
 import attrs
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
 from zope.interface import Interface, implementer
 
 from fedlib.crypto.keys import (
@@ -29,6 +30,8 @@ from fedlib.crypto.signing import (
 )
 from fedlib.errors import MatrixError, SignatureError
 from fedlib.events.room_versions import get_room_version
+
+log = Logger()
 
 
 class IKeyring(Interface):
@@ -171,6 +174,9 @@ class Keyring:
     :param fetch_directly: ask the origin first.
     :param local_server_name: our own name; with ``local_keys`` (``{key_id:
         FetchedKey}``), our keys are answered without any request.
+    :param store: an :class:`~fedlib.storage.interface.IFederationStore`; fetched keys
+        (and the signed objects they came from, for notary answers) are persisted there
+        and read back on a cache miss, so a restart does not refetch every key.
     """
 
     def __init__(
@@ -183,8 +189,12 @@ class Keyring:
         local_server_name: str | None = None,
         local_keys: Mapping[str, FetchedKey] | None = None,
         refetch_interval: float = REFETCH_INTERVAL,
+        store: Any = None,
     ) -> None:
         self._client = client
+        self._db = store
+        # Servers whose stored keys have been read into memory already.
+        self._loaded: set[str] = set()
         self._clock = clock
         self.notaries = tuple(notaries)
         self.fetch_directly = fetch_directly
@@ -295,6 +305,55 @@ class Keyring:
         keys, valid_until = parse_key_response(server_name, response, now)
         self._store(server_name, keys)
         self._remember_raw(server_name, valid_until, response)
+        await self._persist(server_name, keys, response)
+
+    async def _load(self, server_name: str) -> None:
+        """Read ``server_name``'s stored keys into memory (once per server)."""
+        if len(self._loaded) >= MAX_CACHED_SERVERS:
+            self._loaded.clear()
+        self._loaded.add(server_name)
+        if self._db is None:
+            return
+        try:
+            stored = await self._db.get_server_keys(server_name)
+            keys = {
+                kid: FetchedKey(
+                    kid,
+                    decode_verify_key_base64(*split_key_id(kid), k.verify_key_b64),
+                    k.valid_until_ts,
+                    k.expired_ts,
+                )
+                for kid, k in stored.items()
+                if kid.startswith("ed25519:")
+            }
+        except Exception as e:
+            # A storage hiccup only costs a refetch.
+            log.warn("Reading stored keys of {server} failed: {e!r}", server=server_name, e=e)
+            return
+        if keys:
+            self._store(server_name, keys)
+
+    async def _persist(
+        self, server_name: str, keys: Mapping[str, FetchedKey], raw: Mapping[str, Any]
+    ) -> None:
+        if self._db is None:
+            return
+        from fedlib.storage.interface import ServerKey
+
+        records = [
+            ServerKey(
+                server_name=server_name,
+                key_id=kid,
+                verify_key_b64=encode_verify_key_base64(f.verify_key),
+                valid_until_ts=f.valid_until_ts,
+                expired_ts=f.expired_ts,
+            )
+            for kid, f in keys.items()
+        ]
+        try:
+            await self._db.store_server_keys(server_name, records, raw)
+        except Exception as e:
+            log.warn("Storing keys of {server} failed: {e!r}", server=server_name, e=e)
 
     def _remember_raw(self, server_name: str, valid_until: int, response: dict[str, Any]) -> None:
         previous = self._raw.get(server_name)
@@ -345,6 +404,7 @@ class Keyring:
                 continue
             self._store(server_name, keys)
             self._remember_raw(server_name, valid_until, entry)
+            await self._persist(server_name, keys, entry)
             found = True
         if not found:
             why = "; ".join(problems) if problems else "no keys returned"
@@ -358,6 +418,9 @@ class Keyring:
         wanted = list(dict.fromkeys(key_ids))
         selected = self._select(server_name, wanted, valid_at_ts)
         is_local = self._local_name is not None and server_name == self._local_name
+        if len(selected) < len(wanted) and not is_local and server_name not in self._loaded:
+            await self._load(server_name)
+            selected = self._select(server_name, wanted, valid_at_ts)
         if len(selected) < len(wanted) and not is_local:
             last = self._last_fetch.get(server_name)
             recently = last is not None and self._clock.seconds() - last < self._refetch_interval
@@ -456,6 +519,8 @@ class Keyring:
                     if isinstance(m, int) and not isinstance(m, bool):
                         minimum = max(minimum, m)
             cached = self._raw.get(server_name)
+            if cached is None and self._db is not None:
+                cached = await self._stored_raw(server_name, now)
             if cached is None or cached[0] < minimum:
                 last = self._last_fetch.get(server_name)
                 if last is None or self._clock.seconds() - last >= self._refetch_interval:
@@ -464,6 +529,25 @@ class Keyring:
             if cached is not None:
                 out.append(sign_json(cached[1], notary_name, notary_signing_key))
         return {"server_keys": out}
+
+    async def _stored_raw(self, server_name: str, now: int) -> tuple[int, dict[str, Any]] | None:
+        try:
+            stored = await self._db.get_server_keys_json(server_name)
+        except Exception as e:
+            log.warn("Reading stored key JSON of {server} failed: {e!r}", server=server_name, e=e)
+            return None
+        best: tuple[int, dict[str, Any]] | None = None
+        for raw in stored:
+            try:
+                # Stored objects were verified when fetched; re-parse for their validity.
+                _, valid_until = parse_key_response(server_name, dict(raw), now)
+            except SignatureError:
+                continue
+            if best is None or valid_until > best[0]:
+                best = (valid_until, dict(raw))
+        if best is not None:
+            self._remember_raw(server_name, *best)
+        return best
 
     def notary_query(
         self,

@@ -356,3 +356,25 @@ class ServingKeysTests(unittest.TestCase):
         self.assertEqual(keys["ed25519:b"].expired_ts, NOW_MS)
         self.assertIsInstance(keys["ed25519:a"], FetchedKey)
         self.assertEqual(set(body["signatures"]["me.test"]), {"ed25519:a"})
+
+
+class StoreTests(KeyringTestBase):
+    def test_keys_survive_a_restart_through_the_store(self) -> None:
+        from fedlib.storage.memory import MemoryStore
+
+        store = MemoryStore()
+        first = self.keyring(store=store)
+        self.successResultOf(first.get_verify_keys(REMOTE, ["ed25519:k1"], NOW_MS))
+        stored = self.successResultOf(store.get_server_keys(REMOTE))
+        self.assertEqual(stored["ed25519:k1"].valid_until_ts, NOW_MS + DAY_MS)
+
+        self.client.direct[REMOTE] = None  # the origin is now down
+        second = self.keyring(store=store)
+        obj = sign_json({"a": 1}, REMOTE, self.key)
+        self.successResultOf(second.verify_json_for_server(REMOTE, obj, NOW_MS))
+        self.assertEqual(self.client.direct_calls, [REMOTE])
+        # ...and can still vouch for the origin as a notary.
+        ours = generate_signing_key("me")
+        body = self.successResultOf(second.notary_query({REMOTE: {}}, "me.test", ours))
+        self.assertEqual([e["server_name"] for e in body["server_keys"]], [REMOTE])
+        verify_json(body["server_keys"][0], "me.test", get_verify_key(ours))
