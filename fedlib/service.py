@@ -34,7 +34,6 @@ from fedlib.crypto.keys import (
     split_key_id,
 )
 from fedlib.errors import MatrixError, SignatureError
-from fedlib.events.hashing import compute_event_id
 from fedlib.rooms.builder import Preset, StateTemplate
 from fedlib.rooms.local import LocalRooms
 from fedlib.storage.interface import OwnKey
@@ -353,27 +352,46 @@ class FederationService(service.Service):
         return self.rooms.unban(room_id, sender, target, reason)
 
     @defer.inlineCallbacks
-    def join_room(self, room_id: str, user_id: str, servers: Sequence[str] = ()) -> Any:
-        """Join ``user_id`` to ``room_id``: a local membership event when this
-        server is already in the room, else the ``make_join``/``send_join``
-        handshake through ``servers``. Deferred[event_id]."""
-        if (yield self._in_room(room_id)):
-            return (yield self.rooms.join_local(room_id, user_id))
-        return (yield self._handshake("join_room", room_id, user_id, list(servers)))
+    def join_room(
+        self,
+        room_id_or_alias: str,
+        user_id: str,
+        servers: Sequence[str] = (),
+        omit_members: bool = False,
+    ) -> Any:
+        """Join ``user_id`` to a room: a local membership event when this server is
+        already in the room, else the ``make_join``/``send_join`` handshake through
+        ``servers`` (``omit_members`` asks for a partial-state join).
+        Deferred[event_id]."""
+        if not room_id_or_alias.startswith("#") and (yield self._in_room(room_id_or_alias)):
+            return (yield self.rooms.join_local(room_id_or_alias, user_id))
+        return (
+            yield self._handshake(
+                "join_room", room_id_or_alias, user_id, list(servers), omit_members
+            )
+        )
 
     def knock_room(
-        self, room_id: str, user_id: str, servers: Sequence[str], reason: str | None = None
+        self, room_id: str, user_id: str, servers: Sequence[str] = (), reason: str | None = None
     ) -> defer.Deferred[Any]:
-        """Knock on a remote room (``make_knock``/``send_knock``)."""
-        return self._handshake("knock_room", room_id, user_id, list(servers), reason=reason)
+        """Knock on a remote room (``make_knock``/``send_knock``);
+        Deferred[:class:`fedlib.client.handshakes.KnockResult`]."""
+        return self._handshake("knock_room", room_id, user_id, list(servers), reason)
 
     @defer.inlineCallbacks
-    def leave(self, room_id: str, user_id: str, reason: str | None = None) -> Any:
+    def leave(
+        self,
+        room_id: str,
+        user_id: str,
+        reason: str | None = None,
+        servers: Sequence[str] = (),
+    ) -> Any:
         """Leave a room, or reject an invite / rescind a knock for a room this
-        server is not in (``make_leave``/``send_leave``). Deferred[event_id]."""
+        server is not in (``make_leave``/``send_leave`` through ``servers`` and the
+        inviting server). Deferred[event_id]."""
         if (yield self._in_room(room_id)):
             return (yield self.rooms.leave(room_id, user_id, reason))
-        return (yield self._handshake("reject_invite", room_id, user_id, reason=reason))
+        return (yield self._handshake("reject_invite", room_id, user_id, list(servers), reason))
 
     @defer.inlineCallbacks
     def _in_room(self, room_id: str) -> Any:
@@ -396,7 +414,5 @@ class FederationService(service.Service):
         event: Mapping[str, Any],
         invite_room_state: Sequence[Mapping[str, Any]],
     ) -> Any:
-        event_id = compute_event_id(room_version, dict(event))
-        return self.client.invite(
-            destination, event["room_id"], event_id, event, room_version, invite_room_state
-        )
+        # The handshake checks the invitee's signature and that nothing else changed.
+        return self._handshake("remote_invite", destination, room_version, event, invite_room_state)
