@@ -352,3 +352,29 @@ class RecoveryTests(SenderTestBase):
                 break
         self.assertEqual(_result(self.store.get_destinations_with_pending()), set())
         self.assertEqual({d for d, _, _ in self.transport.delivered}, set(dests))
+
+
+class AdapterTests(SenderTestBase):
+    def test_client_transport_adapter(self) -> None:
+        from fedlib.client.sender import ClientTransactionTransport
+
+        calls: list[tuple[Any, ...]] = []
+
+        class Client:
+            def send_transaction(
+                self, dest: str, txn_id: str, pdus: Any, edus: Any, origin_server_ts: int
+            ) -> Any:
+                calls.append((dest, txn_id, list(pdus), list(edus), origin_server_ts))
+                return defer.succeed({p["event_id"]: {"error": "nope"} for p in pdus})
+
+        self.transport = ClientTransactionTransport(Client())  # type: ignore[assignment]
+        sender = self.make_sender()
+        e = self.event()
+        _result(sender.send_pdu(e, ["remote"]))
+        _result(sender.send_edu("remote", "m.typing", {"x": 1}))
+        self.assertEqual([c[2][0]["event_id"] for c in calls[:1]], [e])
+        self.assertEqual(calls[1][3], [{"edu_type": "m.typing", "content": {"x": 1}}])
+        self.assertEqual(calls[0][4], int(self.clock.seconds() * 1000))
+        # A per-PDU error is the remote's verdict, not a delivery failure.
+        self.assertEqual(_result(self.store.get_destinations_with_pending()), set())
+        self.assertIsNone(_result(self.store.get_destination_retry("remote")))
