@@ -118,9 +118,9 @@ def _prepare(opts: Options) -> dict[str, Any]:
     for description in listen:
         _check_endpoint(description)
 
-    database = merged.get("database") or f"sqlite:///{data_dir / 'fedlib.db'}"
+    database = merged.get("database") or f"sqlite://{data_dir / 'fedlib.db'}"
     if not isinstance(database, str) or not database.startswith(
-        ("sqlite://", "postgresql://", "postgres://", "memory:")
+        ("sqlite:", "postgresql://", "postgres://", "memory:")
     ):
         raise ConfigError(
             f"--database must be sqlite:///PATH or postgresql://..., not {database!r}"
@@ -244,20 +244,10 @@ class StandaloneService(MultiService):
 
 def _open_store(url: str, reactor: Any) -> Any:
     from twisted.internet import defer
-    from twisted.logger import Logger
 
-    from fedlib import storage
+    from fedlib.storage import open_store
 
-    open_store = getattr(storage, "open_store", None)
-    if open_store is not None:
-        return defer.maybeDeferred(open_store, url, reactor=reactor)
-    if url.startswith("sqlite://"):
-        from fedlib.storage.sqlite import SqliteStore
-
-        # sqlite:///relative.db or sqlite:////absolute/path.db, as elsewhere.
-        return SqliteStore.open(url[len("sqlite:///") :], reactor)
-    Logger().warn("No store for {url}: keeping everything in memory", url=url)
-    return defer.succeed(storage.MemoryStore())
+    return defer.maybeDeferred(open_store, url, reactor)
 
 
 @implementer(IServiceMaker, IPlugin)
