@@ -236,3 +236,29 @@ class QueryTests(unittest.TestCase):
     def test_hierarchy_unknown(self) -> None:
         r = self.h.request("GET", "/_matrix/federation/v1/hierarchy/!nope:us.test")
         self.assertEqual((r.code, r.errcode), (404, "M_NOT_FOUND"))
+
+
+class UserQueryTests(unittest.TestCase):
+    def setUp(self) -> None:
+        self.remote = Remote("remote.test")
+        self.h = Harness(self.remote)
+
+    def test_devices(self) -> None:
+        r = self.h.request("GET", "/_matrix/federation/v1/user/devices/%40a:us.test")
+        self.assertEqual((r.code, r.json["user_id"]), (200, "@a:us.test"))
+        r = self.h.request("GET", "/_matrix/federation/v1/user/devices/%40a:remote.test")
+        self.assertEqual((r.code, r.errcode), (400, "M_INVALID_PARAM"))
+
+    def test_keys(self) -> None:
+        r = self.h.request(
+            "POST", "/_matrix/federation/v1/user/keys/query", {"device_keys": {"@a:us.test": []}}
+        )
+        self.assertEqual((r.code, r.json), (200, {"device_keys": {"@a:us.test": {}}}))
+        r = self.h.request("POST", "/_matrix/federation/v1/user/keys/query", {"device_keys": 1})
+        self.assertEqual((r.code, r.errcode), (400, "M_BAD_JSON"))
+        r = self.h.request(
+            "POST",
+            "/_matrix/federation/v1/user/keys/claim",
+            {"one_time_keys": {"@a:us.test": {"DEV": "signed_curve25519"}}},
+        )
+        self.assertEqual((r.code, r.json), (200, {"one_time_keys": {}}))

@@ -13,6 +13,7 @@ from fedlib.server.resource import Route
 __all__ = ["routes"]
 
 _PUBLIC_ROOMS_MAX_LIMIT = 1000
+_MAX_KEY_QUERY_USERS = 1000
 
 
 def _local_part_ok(ctx: ServerContext, identifier: str, sigil: str) -> bool:
@@ -98,7 +99,52 @@ def routes(ctx: ServerContext) -> list[Route]:
             raise not_found("Unknown room")
         return 200, dict(answer)
 
+    async def user_devices(request: FederationRequest) -> tuple[int, Any]:
+        user_id = request.param("userId")
+        if not _local_part_ok(ctx, user_id, "@"):
+            raise invalid_param("User is not local to this server")
+        answer = await ctx.call_hook("query_user_devices", user_id)
+        if not isinstance(answer, Mapping):
+            raise not_found("Unknown user")
+        return 200, dict(answer)
+
+    def _user_map(body: Mapping[str, Any], name: str) -> dict[str, Any]:
+        value = body.get(name)
+        if not isinstance(value, dict):
+            raise bad_json(f"{name} must be an object")
+        if len(value) > _MAX_KEY_QUERY_USERS:
+            raise bad_json(f"Too many users in {name}")
+        for user_id, entry in value.items():
+            if not _local_part_ok(ctx, user_id, "@"):
+                raise invalid_param("Keys can only be queried for local users")
+            if name == "device_keys" and not (
+                isinstance(entry, list) and all(isinstance(d, str) for d in entry)
+            ):
+                raise bad_json("device_keys values must be lists of device IDs")
+            if name == "one_time_keys" and not (
+                isinstance(entry, dict) and all(isinstance(a, str) for a in entry.values())
+            ):
+                raise bad_json("one_time_keys values must map device IDs to algorithms")
+        return value
+
+    async def user_keys_query(request: FederationRequest) -> tuple[int, Any]:
+        wanted = _user_map(request.json_object(), "device_keys")
+        answer = await ctx.call_hook("query_user_keys", wanted)
+        if not isinstance(answer, Mapping):
+            answer = {"device_keys": {}}
+        return 200, dict(answer)
+
+    async def user_keys_claim(request: FederationRequest) -> tuple[int, Any]:
+        wanted = _user_map(request.json_object(), "one_time_keys")
+        answer = await ctx.call_hook("claim_user_keys", wanted)
+        if not isinstance(answer, Mapping):
+            answer = {"one_time_keys": {}}
+        return 200, dict(answer)
+
     return [
+        Route("GET", "/_matrix/federation/v1/user/devices/{userId}", user_devices),
+        Route("POST", "/_matrix/federation/v1/user/keys/query", user_keys_query),
+        Route("POST", "/_matrix/federation/v1/user/keys/claim", user_keys_claim),
         Route("GET", "/_matrix/federation/v1/query/directory", directory),
         Route("GET", "/_matrix/federation/v1/query/profile", profile),
         Route("GET", "/_matrix/federation/v1/query/{queryType}", generic_query),
