@@ -431,6 +431,20 @@ class Keyring:
                 raise self._last_error[server_name]
         return {kid: f.verify_key for kid, f in selected.items()}
 
+    async def _refresh(self, server_name: str) -> dict[str, FetchedKey]:
+        self._last_error.pop(server_name, None)
+        await self._fetch(server_name)
+        known = dict(self._known(server_name))
+        if not known and server_name in self._last_error:
+            raise self._last_error[server_name]
+        return known
+
+    def refresh_keys(self, server_name: str) -> defer.Deferred[dict[str, FetchedKey]]:
+        """Fetch ``server_name``'s keys now (directly and/or via the notaries, as
+        configured) and return every key known for it; fails with
+        :class:`SignatureError` when none could be had."""
+        return defer.ensureDeferred(self._refresh(server_name))
+
     def get_verify_keys(
         self, server_name: str, key_ids: Iterable[str], valid_at_ts: int | None = None
     ) -> defer.Deferred[dict[str, Any]]:

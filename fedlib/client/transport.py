@@ -163,6 +163,22 @@ class InMemoryDestinationBackoff:
         return defer.succeed(None)
 
 
+@implementer(IDestinationBackoff)
+class NoBackoff:
+    """Never backs off (for one-shot tools such as ``fedlib.check``)."""
+
+    def get_destination_retry(self, destination: str) -> defer.Deferred[None]:
+        return defer.succeed(None)
+
+    def set_destination_retry(
+        self, destination: str, failure_ts: int, retry_interval_ms: int
+    ) -> defer.Deferred[None]:
+        return defer.succeed(None)
+
+    def reset_destination_retry(self, destination: str) -> defer.Deferred[None]:
+        return defer.succeed(None)
+
+
 # -- response records -------------------------------------------------------------------
 
 
