@@ -262,7 +262,8 @@ class Keyring:
         def done(_: object) -> None:
             self._last_fetch[server_name] = self._clock.seconds()
             for w in self._inflight.pop(server_name, []):
-                w.callback(None)
+                if not w.called:  # a caller may have cancelled its wait
+                    w.callback(None)
 
         d = defer.ensureDeferred(self._fetch_now(server_name))
         d.addBoth(done)

@@ -443,3 +443,16 @@ class SrvOrderTests(unittest.TestCase):
         r = ServerResolver(fake, FakeFetcher(), clock)
         res = self.successResultOf(r.resolve("example.org"))
         self.assertEqual(res.targets, (Target("primary.example", 1), Target("backup.example", 3)))
+
+
+class CancellationTests(unittest.TestCase):
+    def test_cancelled_waiter_does_not_break_others(self) -> None:
+        pending: defer.Deferred[HttpResponse] = defer.Deferred()
+        r = ServerResolver(FakeDNS(), FakeFetcher({URL: pending}), task.Clock())
+        d1, d2 = r.resolve("example.org"), r.resolve("example.org")
+        d1.cancel()
+        self.failureResultOf(d1, defer.CancelledError)
+        pending.callback(wk('{"m.server": "x.example:2"}'))
+        self.assertEqual(self.successResultOf(d2).delegated_name, "x.example:2")
+        # The answer was cached despite the cancelled caller.
+        self.assertEqual(self.successResultOf(r.resolve("example.org")).port, 2)

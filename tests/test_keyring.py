@@ -378,3 +378,16 @@ class StoreTests(KeyringTestBase):
         body = self.successResultOf(second.notary_query({REMOTE: {}}, "me.test", ours))
         self.assertEqual([e["server_name"] for e in body["server_keys"]], [REMOTE])
         verify_json(body["server_keys"][0], "me.test", get_verify_key(ours))
+
+
+class CancellationTests(KeyringTestBase):
+    def test_cancelled_lookup_does_not_break_the_batch(self) -> None:
+        pending: defer.Deferred[Any] = defer.Deferred()
+        self.client.direct[REMOTE] = pending
+        kr = self.keyring()
+        d1 = kr.get_verify_keys(REMOTE, ["ed25519:k1"])
+        d2 = kr.get_verify_keys(REMOTE, ["ed25519:k1"])
+        d1.cancel()
+        self.failureResultOf(d1, defer.CancelledError)
+        pending.callback(self.response(self.key, NOW_MS + DAY_MS))
+        self.assertEqual(list(self.successResultOf(d2)), ["ed25519:k1"])

@@ -518,3 +518,21 @@ class FakeAgentTests(unittest.TestCase):
             self.agent.requests[0],
             (b"GET", b"matrix-federation://[::1]:8448/_matrix/key/v2/server"),
         )
+
+
+class DiscoveryThroughClientTests(unittest.TestCase):
+    def test_slow_well_known_bounded_by_request_timeout(self) -> None:
+        from tests.test_discovery import FakeDNS, FakeFetcher
+
+        clock = task.Clock()
+        never: defer.Deferred[Any] = defer.Deferred()
+        fetcher = FakeFetcher({"https://slow.example/.well-known/matrix/server": never})
+        from fedlib.client.discovery import ServerResolver
+
+        resolver = ServerResolver(FakeDNS(), fetcher, clock, well_known_timeout=1000)
+        client = FederationClient(
+            ORIGIN, KEY, reactor, resolver=resolver, clock=clock, default_timeout=5, get_retries=0
+        )
+        d = client.query_profile("slow.example", "@u:slow.example")
+        clock.advance(6)
+        self.failureResultOf(d, RequestTimeoutError)

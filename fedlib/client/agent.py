@@ -247,7 +247,6 @@ class MatrixFederationAgent:
             pool = HTTPConnectionPool(reactor, persistent=True)  # type: ignore[no-untyped-call]
             pool.maxPersistentPerHost = 5
             pool.cachedConnectionTimeout = 120
-            pool.retryAutomatically = False
         self.pool = pool
         self._connect_timeout = connect_timeout
         self._overrides = dict(host_overrides or {})

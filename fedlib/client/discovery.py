@@ -404,13 +404,15 @@ class ServerResolver:
         def done(entry: _WellKnownEntry) -> None:
             self._store(host, entry)
             for w in self._pending.pop(host, []):
-                w.callback(entry)
+                if not w.called:  # a caller may have cancelled its wait
+                    w.callback(entry)
 
         def crashed(f: Failure) -> None:
             # _fetch_well_known turns every error into an entry; this is a last guard
             # so that waiters never hang.
             for w in self._pending.pop(host, []):
-                w.errback(DiscoveryError(f"well-known lookup crashed: {f.value!r}"[:200], host))
+                if not w.called:
+                    w.errback(DiscoveryError(f"well-known lookup crashed: {f.value!r}"[:200], host))
 
         d = defer.ensureDeferred(self._fetch_well_known(host, previous_failures))
         d.addCallbacks(done, crashed)

@@ -48,6 +48,9 @@ class GapConfig:
     max_state_ids: int = 200_000
     #: Most events fetched one by one with ``/event`` for a single call.
     max_event_fetches: int = 5000
+    #: When more events than this are missing for :meth:`GapFiller.fetch_state_at`,
+    #: they are taken from one ``/state`` answer instead of one ``/event`` each.
+    bulk_state_threshold: int = 100
 
 
 @attrs.frozen(slots=True)
@@ -305,7 +308,8 @@ class GapFiller:
     ) -> Any:
         """Deferred[StateAtEvent]: the state before ``event_id`` per ``origin``.
 
-        Asks ``/state_ids`` and then fetches only the events we lack. Fails with a
+        Asks ``/state_ids`` and then fetches only the events we lack (with
+        ``/event``, or one ``/state`` when many are missing). Fails with a
         :class:`MatrixError` when a state event cannot be obtained or verified, or
         the answer is inconsistent (a non-state event, two events for one key).
         """
@@ -329,7 +333,10 @@ class GapFiller:
         have = yield self._store.have_seen(wanted)
         missing = [e for e in wanted if e not in have]
         fetched: dict[str, PduCheckResult] = {}
-        if missing:
+        if len(missing) > cfg.bulk_state_threshold:
+            # Many events one by one is slow for both sides: take them all from /state.
+            fetched = yield self._fetch_state_bulk(origin, room_id, event_id, missing, timeout)
+        elif missing:
             fetched = yield self.fetch_events(origin, room_id, missing, timeout)
         lost = [e for e in pdu_ids if e not in have and e not in fetched]
         if lost:
@@ -351,6 +358,40 @@ class GapFiller:
                 raise BadJsonError(f"{origin}: two state events for {(etype, skey)}")
             state[(etype, skey)] = state_id
         return StateAtEvent(state=state, auth_chain_ids=frozenset(chain_ids), events=fetched)
+
+    @defer.inlineCallbacks
+    def _fetch_state_bulk(
+        self,
+        origin: str,
+        room_id: str,
+        event_id: str,
+        wanted: Sequence[str],
+        timeout: float | None,
+    ) -> Any:
+        """The ``wanted`` events among ``/state`` at ``event_id`` (state and auth
+        chain), verified; only those are checked, the rest of the answer is ignored."""
+        version = yield self._room_version(room_id)
+        what = "state"
+        body = yield call_remote(
+            self._clock,
+            (timeout or self.config.timeout) * 4,
+            origin,
+            what,
+            self._client.get_state,
+            origin,
+            room_id,
+            event_id,
+            room_version=version,
+        )
+        pdus = _pdu_list(getattr(body, "pdus", None), origin, what)
+        chain = _pdu_list(getattr(body, "auth_chain", None), origin, what)
+        if len(pdus) + len(chain) > 2 * self.config.max_state_ids:
+            raise BadJsonError(f"{origin}: /state answer is too large")
+        results = yield verify_pdus(self._keyring, version, pdus + chain, room_id=room_id)
+        want = set(wanted)
+        return {
+            r.event_id: r for r in self._ok_results(origin, what, results) if r.event_id in want
+        }
 
     @defer.inlineCallbacks
     def backfill(

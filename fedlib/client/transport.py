@@ -521,7 +521,7 @@ class FederationClient:
         message = errbody.get("error")
         raise RemoteError(
             code,
-            errcode if isinstance(errcode, str) and errcode else "M_UNKNOWN",
+            errcode[:100] if isinstance(errcode, str) and errcode else "M_UNKNOWN",
             (message if isinstance(message, str) else f"HTTP {code}")[:500],
             destination,
             errbody,
