@@ -8,7 +8,7 @@ from twisted.internet import defer, task
 from twisted.trial import unittest
 
 from fedlib.client.gaps import GapConfig, GapFiller, StateAtEvent
-from fedlib.client.transport import RemoteError, StateIdsResponse
+from fedlib.client.transport import RemoteError, StateIdsResponse, StateResponse
 from fedlib.errors import MatrixError
 from fedlib.storage.interface import EventStatus, PersistItem
 from fedlib.storage.memory import MemoryStore
@@ -53,6 +53,18 @@ class FakeClient:
     def get_state_ids(self, dest: str, room_id: str, event_id: str) -> Any:
         self.calls.append(("get_state_ids", event_id))
         return self._answer(self.state_ids)
+
+    def get_state(self, dest: str, room_id: str, event_id: str, **kw: Any) -> Any:
+        self.calls.append(("get_state", event_id))
+        assert self.state_ids is not None
+        ids = list(self.state_ids.pdu_ids)
+        chain = [e for e in self.state_ids.auth_chain_ids if e not in ids]
+        return self._answer(
+            StateResponse(
+                tuple(self.events[e] for e in ids if e in self.events),
+                tuple(self.events[e] for e in chain if e in self.events),
+            )
+        )
 
     def get_event_auth(self, dest: str, room_id: str, event_id: str, **kw: Any) -> Any:
         self.calls.append(("get_event_auth", event_id))
@@ -230,6 +242,25 @@ class StateAtTests(GapTestBase):
         fetched = sorted(arg for kind, arg in self.client.calls if kind == "get_event")
         self.assertEqual(fetched, sorted([self.member_id, self.name_id]))
         self.assertEqual(set(got.events), {self.member_id, self.name_id})
+
+    def test_many_missing_use_one_state_request(self) -> None:
+        filler = GapFiller(
+            self.client,
+            self.store,
+            self.keyring,
+            clock=self.clock,
+            config=GapConfig(bulk_state_threshold=1),
+        )
+        self.client.state_ids = StateIdsResponse(
+            pdu_ids=(self.create_id, self.member_id, self.name_id), auth_chain_ids=(self.create_id,)
+        )
+        got = _result(filler.fetch_state_at("hs1", ROOM, "$at"))
+        self.assertEqual(len(got.state), 3)
+        self.assertEqual([k for k, _ in self.client.calls], ["get_state_ids", "get_state"])
+        # A forged event in the /state answer is not taken.
+        self.client.events[self.name_id] = dict(self.name, signatures={})
+        self.client.calls.clear()
+        self.assertMatrixError(filler.fetch_state_at("hs1", ROOM, "$at"), "could not obtain")
 
     def test_unobtainable_state_event_fails(self) -> None:
         self.client.state_ids = StateIdsResponse(

@@ -17,6 +17,7 @@ from fedlib.client.transport import (
     RemoteError,
     SendJoinResponse,
     StateIdsResponse,
+    StateResponse,
 )
 from fedlib.crypto.signing import sign_event
 from fedlib.errors import MatrixError
@@ -266,6 +267,17 @@ class FakeClient:
             state = {k: v for k, v in state.items() if k[0] != "m.room.create"}
         chain = res.auth_chain(list(state.values()))
         return res._answer(StateIdsResponse(tuple(state.values()), tuple(chain)))
+
+    def get_state(self, dest: str, room_id: str, event_id: str, **kw: Any) -> Any:
+        res = self._res(dest)
+        state = {k: v for k, v in res.state.items() if k != ("m.room.member", BOB)}
+        chain = res.auth_chain(list(state.values())) - set(state.values())
+        return res._answer(
+            StateResponse(
+                tuple(res.events[e] for e in state.values()),
+                tuple(res.events[e] for e in chain),
+            )
+        )
 
     def get_event(self, dest: str, event_id: str, **kw: Any) -> Any:
         res = self._res(dest)
@@ -538,6 +550,27 @@ class PartialStateTests(HandshakeTestBase):
         for i in range(5):
             self.assertIn(("m.room.member", f"@m{i}:hs1"), current)
         self.assertEqual(current[("m.room.member", BOB)], result.event_id)
+
+    def test_partial_join_of_big_room_fetches_state_in_bulk(self) -> None:
+        res = self.resident(members=120)
+        calls: list[str] = []
+        orig_get_state, orig_get_event = self.client.get_state, self.client.get_event
+
+        def get_state(*a: Any, **kw: Any) -> Any:
+            calls.append("state")
+            return orig_get_state(*a, **kw)
+
+        def get_event(*a: Any, **kw: Any) -> Any:
+            calls.append("event")
+            return orig_get_event(*a, **kw)
+
+        self.client.get_state = get_state  # type: ignore[method-assign]
+        self.client.get_event = get_event  # type: ignore[method-assign]
+        result = _result(self.handshakes.join_room(res.room_id, BOB, ["hs1"], omit_members=True))
+        self.assertTrue(result.partial_state)
+        self.assertEqual(calls, ["state"])
+        self.assertFalse(_result(self.store.is_partial_state(res.room_id)))
+        self.assertEqual(len(_result(self.store.get_joined_members(res.room_id))), 122)
 
     def test_partial_state_stays_when_resync_lies(self) -> None:
         res = self.resident(members=3)
