@@ -34,6 +34,7 @@ __all__ = [
     "authorise",
     "build_event",
     "build_room",
+    "event_refs",
     "room_creation_templates",
 ]
 
@@ -101,9 +102,11 @@ def _server_of(user_id: str) -> str:
     return server
 
 
-def _refs(
+def event_refs(
     version: RoomVersion, event_ids: Sequence[str], events: Mapping[str, Mapping[str, Any]]
 ) -> list[Any]:
+    """``prev_events``/``auth_events`` in the room version's format: plain IDs, or in
+    v1/v2 ``[event_id, {"sha256": reference hash}]`` pairs (needing ``events``)."""
     if version.event_format is not EventFormat.V1:
         return list(event_ids)
     # v1/v2 reference other events together with their reference hashes.
@@ -149,8 +152,8 @@ def build_event(
         "type": event_type,
         "sender": sender,
         "content": dict(content),
-        "prev_events": _refs(version, prev_event_ids, refs),
-        "auth_events": _refs(version, auth_event_ids, refs),
+        "prev_events": event_refs(version, prev_event_ids, refs),
+        "auth_events": event_refs(version, auth_event_ids, refs),
         "depth": min(depth, MAX_DEPTH),
         "origin_server_ts": origin_server_ts,
     }
