@@ -24,6 +24,7 @@ blocks other rooms. Resolutions over many events run in a thread.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -48,6 +49,8 @@ Notify = Callable[..., Awaitable[Any]]
 
 #: Resolutions touching more events than this run in a thread.
 THREAD_THRESHOLD = 500
+#: Events kept for auth checks.
+CACHE_SIZE = 20_000
 #: Events accepted from one /get_missing_events answer.
 MAX_MISSING_EVENTS = 100
 
@@ -133,6 +136,10 @@ class IncomingPduPipeline:
         self.pdu_timeout = pdu_timeout
         self.thread_threshold = thread_threshold
         self._locks: dict[str, tuple[defer.DeferredLock, int]] = {}
+        # Stored events are immutable and a rejection is final, so what auth
+        # checks read can be kept: (event, rejected) by ID, least recent first.
+        self._cache: OrderedDict[str, tuple[Mapping[str, Any], bool]] = OrderedDict()
+        self._creates: dict[str, tuple[str, Mapping[str, Any]]] = {}
 
     # -- per-room serialisation -----------------------------------------------
 
@@ -198,7 +205,11 @@ class IncomingPduPipeline:
         fetch_missing: bool,
         extra_checks: Callable[[str, Mapping[str, Any]], Awaitable[None]] | None = None,
     ) -> PduOutcome:
-        seen = await self.store.get_events([event_id])
+        auth_ids = _ref_ids(event.get("auth_events"))
+        seen = await self.store.get_events(
+            [event_id, *(a for a in auth_ids if a not in self._cache)]
+        )
+        self._remember(seen.values())
         if event_id in seen:
             stored = seen[event_id]
             if stored.status is not EventStatus.OUTLIER:
@@ -213,9 +224,9 @@ class IncomingPduPipeline:
         if auth_events is None:
             return PduOutcome(event_id, None, "Could not fetch the event's auth events")
         try:
-            rejected = await self.store.get_rejected([e for e in auth_events])
+            rejected = sorted(e for e in auth_events if self._cache.get(e, ({}, False))[1])
             if rejected:
-                raise AuthError(f"Auth event {sorted(rejected)[0]} was rejected")
+                raise AuthError(f"Auth event {rejected[0]} was rejected")
             auth_map = check_auth_events_list(
                 version.identifier,
                 event,
@@ -269,6 +280,7 @@ class IncomingPduPipeline:
                 )
             ],
         )
+        self._put(event_id, event, status is EventStatus.REJECTED)
         await self._announce(
             room_id, version, event_id, event, status, reason, state_before, orderings
         )
@@ -304,11 +316,35 @@ class IncomingPduPipeline:
 
     # -- helpers ---------------------------------------------------------------
 
+    def _put(self, event_id: str, event: Mapping[str, Any], rejected: bool) -> None:
+        self._cache[event_id] = (event, rejected)
+        self._cache.move_to_end(event_id)
+        while len(self._cache) > CACHE_SIZE:
+            self._cache.popitem(last=False)
+
+    def _remember(self, stored_events: Iterable[Any]) -> None:
+        for stored in stored_events:
+            self._put(stored.event_id, stored.event, stored.status is EventStatus.REJECTED)
+
+    async def _load(self, event_ids: Iterable[str]) -> dict[str, tuple[Mapping[str, Any], bool]]:
+        """``(event, rejected)`` of the stored ones among ``event_ids``."""
+        ids = list(event_ids)
+        missing = [e for e in ids if e not in self._cache]
+        if missing:
+            self._remember((await self.store.get_events(missing)).values())
+        return {e: self._cache[e] for e in ids if e in self._cache}
+
     async def _create_event(self, room_id: str) -> tuple[str, Mapping[str, Any]] | None:
+        cached = self._creates.get(room_id)
+        if cached is not None:
+            return cached
         events = await self.store.get_current_state_events(room_id, ["m.room.create"])
         stored = events.get(CREATE_KEY)
         if stored is None:
             return None
+        if len(self._creates) > CACHE_SIZE:
+            self._creates.clear()
+        self._creates[room_id] = (stored.event_id, stored.event)
         return stored.event_id, stored.event
 
     async def _check_against(
@@ -320,8 +356,8 @@ class IncomingPduPipeline:
     ) -> None:
         wanted = auth_types_with(version, event) | {CREATE_KEY}
         ids = {state[k]: k for k in wanted if k in state}
-        events = await self.store.get_events(list(ids))
-        auth_map = {ids[eid]: stored.event for eid, stored in events.items()}
+        events = await self._load(ids)
+        auth_map = {ids[eid]: ev for eid, (ev, rejected) in events.items() if not rejected}
         if create is not None:
             auth_map.setdefault(CREATE_KEY, create[1])
         check_auth_with(version, event, auth_map, create[0] if create else None)
@@ -338,8 +374,8 @@ class IncomingPduPipeline:
         """The event's listed auth events by ID, fetching missing ones; ``None`` if
         some stay missing."""
         wanted = _ref_ids(event.get("auth_events"))
-        stored = await self.store.get_events(wanted)
-        missing = [e for e in wanted if e not in stored]
+        loaded = await self._load(wanted)
+        missing = [e for e in wanted if e not in loaded]
         if missing:
             if self.gaps is None:
                 return None
@@ -364,10 +400,10 @@ class IncomingPduPipeline:
                 log.info("Fetching auth events of {eid} failed: {e!r}", eid=event_id, e=e)
                 return None
             await self._store_outliers(room_id, version, _events_of(results))
-            stored = await self.store.get_events(wanted)
-            if any(e not in stored for e in wanted):
+            loaded = await self._load(wanted)
+            if any(e not in loaded for e in wanted):
                 return None
-        return {eid: stored[eid].event for eid in wanted}
+        return {eid: loaded[eid][0] for eid in wanted}
 
     async def _store_outliers(
         self, room_id: str, version: RoomVersion, events: Iterable[Mapping[str, Any]]
