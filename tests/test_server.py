@@ -262,3 +262,36 @@ class UserQueryTests(unittest.TestCase):
             {"one_time_keys": {"@a:us.test": {"DEV": "signed_curve25519"}}},
         )
         self.assertEqual((r.code, r.json), (200, {"one_time_keys": {}}))
+
+
+class NotaryThroughKeyringTests(unittest.TestCase):
+    def test_keyring_notary_used_and_failures_left_out(self) -> None:
+        from twisted.internet import defer
+
+        from fedlib.errors import SignatureError
+
+        remote = Remote("remote.test")
+        h = Harness(remote)
+        calls: list[Any] = []
+
+        def notary_query(server_keys: Any, name: str, key: Any, own: Any) -> Any:
+            calls.append(dict(server_keys))
+            (server,) = server_keys
+            if server == "down.test":
+                return defer.fail(SignatureError("unreachable"))
+            if server == OUR_NAME:
+                return defer.succeed({"server_keys": [own]})
+            return defer.succeed({"server_keys": [{"server_name": server, "signatures": {}}]})
+
+        h.keyring.notary_query = notary_query  # type: ignore[attr-defined]
+        body = {"server_keys": {"remote.test": {}, "down.test": {}, OUR_NAME: {}, "bad name!": {}}}
+        r = h.request("POST", "/_matrix/key/v2/query", body, sign=False)
+        self.assertEqual(r.code, 200)
+        names = sorted(k["server_name"] for k in r.json["server_keys"])
+        self.assertEqual(names, ["remote.test", OUR_NAME])
+        self.assertNotIn({"bad name!": {}}, calls)
+        r = h.request(
+            "GET", "/_matrix/key/v2/query/remote.test?minimum_valid_until_ts=5", sign=False
+        )
+        self.assertEqual(r.code, 200)
+        self.assertEqual(calls[-1], {"remote.test": {"*": {"minimum_valid_until_ts": 5}}})

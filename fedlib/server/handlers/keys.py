@@ -5,7 +5,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from fedlib.crypto.keys import encode_verify_key_base64, get_verify_key, key_id
+from twisted.internet import defer
+
+from fedlib.errors import MatrixError
+from fedlib.keyring import build_server_keys_response
 from fedlib.server.auth import is_valid_server_name
 from fedlib.server.context import ServerContext
 from fedlib.server.errors import bad_json
@@ -20,18 +23,45 @@ MAX_NOTARY_SERVERS = 100
 
 def own_key_response(ctx: ServerContext) -> dict[str, Any]:
     """Our signed ``/_matrix/key/v2/server`` response."""
-    key = ctx.config.signing_key
-    return ctx.sign(
-        {
-            "server_name": ctx.server_name,
-            "verify_keys": {key_id(key): {"key": encode_verify_key_base64(get_verify_key(key))}},
-            "old_verify_keys": {
-                kid: {"key": encode_verify_key_base64(old.verify_key), "expired_ts": old.expired_ts}
-                for kid, old in ctx.config.old_verify_keys.items()
-            },
-            "valid_until_ts": ctx.now_ms() + ctx.config.key_validity_period_ms,
-        }
+    return build_server_keys_response(
+        ctx.server_name,
+        ctx.config.signing_key,
+        ctx.now_ms() + ctx.config.key_validity_period_ms,
+        {kid: (old.verify_key, old.expired_ts) for kid, old in ctx.config.old_verify_keys.items()},
     )
+
+
+async def _notary(ctx: ServerContext, server_keys: dict[str, Any]) -> list[dict[str, Any]]:
+    """Answer a (validated) notary query: through the keyring's notary when it has
+    one (it fetches what it lacks), else from the store's cache."""
+    notary_query = getattr(ctx.keyring, "notary_query", None)
+    if notary_query is not None:
+        own = own_key_response(ctx)
+
+        async def one(server: str, criteria: Any) -> list[dict[str, Any]]:
+            if server != ctx.server_name and not is_valid_server_name(server):
+                return []
+            try:
+                body = await notary_query(
+                    {server: criteria}, ctx.server_name, ctx.config.signing_key, own
+                )
+            except MatrixError:
+                # A server whose keys cannot be had is left out (spec).
+                return []
+            found = body.get("server_keys") if isinstance(body, Mapping) else None
+            return [dict(r) for r in found or [] if isinstance(r, Mapping)]
+
+        answers = await defer.gatherResults(
+            [defer.ensureDeferred(one(s, c)) for s, c in server_keys.items()],
+            consumeErrors=True,
+        )
+        return [r for answer in answers for r in answer]
+    out: list[dict[str, Any]] = []
+    for server, criteria in server_keys.items():
+        key_ids, min_ts = _wanted(criteria)
+        for response in await _responses_for(ctx, server, key_ids, min_ts):
+            out.append(ctx.sign(response) if server != ctx.server_name else response)
+    return out
 
 
 def _wanted(criteria: Any) -> tuple[list[str] | None, int]:
@@ -91,21 +121,20 @@ def routes(ctx: ServerContext) -> list[Route]:
             raise bad_json("server_keys must be an object")
         if len(wanted) > MAX_NOTARY_SERVERS:
             raise bad_json(f"At most {MAX_NOTARY_SERVERS} servers per query")
-        out: list[dict[str, Any]] = []
-        for server, criteria in wanted.items():
-            key_ids, min_ts = _wanted(criteria)
-            for response in await _responses_for(ctx, server, key_ids, min_ts):
-                out.append(ctx.sign(response) if server != ctx.server_name else response)
-        return 200, {"server_keys": out}
+        for criteria in wanted.values():
+            _wanted(criteria)
+        return 200, {"server_keys": await _notary(ctx, wanted)}
 
     async def query_get(request: FederationRequest) -> tuple[int, Any]:
         server = request.param("serverName")
         min_ts = request.query_int("minimum_valid_until_ts", default=0) or 0
-        out = [
-            ctx.sign(r) if server != ctx.server_name else r
-            for r in await _responses_for(ctx, server, None, min_ts)
-        ]
-        return 200, {"server_keys": out}
+        # A GET names no key IDs: any key of the server will do.
+        wanted: dict[str, Any] = {server: {}}
+        if min_ts:
+            wanted[server] = {"*": {"minimum_valid_until_ts": min_ts}}
+        if not is_valid_server_name(server):
+            return 200, {"server_keys": []}
+        return 200, {"server_keys": await _notary(ctx, wanted)}
 
     return [
         Route("GET", "/_matrix/key/v2/server", server_keys, authenticated=False),
