@@ -12,6 +12,7 @@ from fedlib.crypto.signing import verify_json
 from fedlib.server.resource import Route
 from tests.server_helpers import OUR_NAME, Harness, Remote
 
+FAKE_AUTH = 'X-Matrix origin=remote.test,key="ed25519:r1",sig="x"'
 DIR = "/_matrix/federation/v1/query/directory?room_alias=%23room:us.test"
 
 
@@ -68,6 +69,7 @@ class RoutingAndErrorsTests(unittest.TestCase):
         chunked = b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
         raw = (
             b"POST /_matrix/federation/v1/publicRooms HTTP/1.1\r\nHost: us.test\r\n"
+            b"Authorization: " + FAKE_AUTH.encode() + b"\r\n"
             b"Transfer-Encoding: chunked\r\n\r\n" + chunked
         )
         r = h.raw(raw)
@@ -87,7 +89,7 @@ class RoutingAndErrorsTests(unittest.TestCase):
     def test_deep_nesting_and_big_integers_rejected(self) -> None:
         for body in (b"[" * 5000 + b"]" * 5000, b'{"a": 9007199254740993}'):
             r = self.h.request(
-                "POST", "/_matrix/federation/v1/publicRooms", body=body, auth_header="X"
+                "POST", "/_matrix/federation/v1/publicRooms", body=body, auth_header=FAKE_AUTH
             )
             self.assertEqual((r.code, r.errcode), (400, "M_BAD_JSON"))
 
@@ -114,6 +116,14 @@ class AuthTests(unittest.TestCase):
         r = self.h.request("GET", DIR, sign=False)
         self.assertEqual((r.code, r.errcode), (401, "M_UNAUTHORIZED"))
         self.assertEqual(self.h.seen_origins, [])
+
+    def test_unauthenticated_body_not_processed(self) -> None:
+        before = self.h.snapshot()
+        for body in (b"{not json", b'{"pdus": []}'):
+            r = self.h.request("PUT", "/_matrix/federation/v1/send/t1", body=body, sign=False)
+            self.assertEqual((r.code, r.errcode), (401, "M_UNAUTHORIZED"))
+        self.assertEqual(self.h.snapshot(), before)
+        self.assertEqual(self.h.keyring.lookups, [])
 
     def test_malformed_auth(self) -> None:
         for header in ("Bearer abc", "X-Matrix", 'X-Matrix origin=remote.test,key="ed25519:r1"'):

@@ -26,7 +26,7 @@ from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from fedlib.canonical import decode_json, encode_canonical_json
-from fedlib.errors import MatrixError
+from fedlib.errors import MatrixError, SignatureError
 from fedlib.server.auth import authenticate_request
 from fedlib.server.config import ServerConfig
 from fedlib.server.context import ServerContext
@@ -165,6 +165,11 @@ class FederationResource(Resource):
         raw_path = request.path
         segments = [_decode_segment(s) for s in raw_path.strip(b"/").split(b"/")]
         route, params = self._router.match(method, segments)
+        auth_headers = request.requestHeaders.getRawHeaders(b"authorization") or []
+        if route.authenticated and not any(h[:9].lower() == b"x-matrix " for h in auth_headers):
+            # Refuse before reading the body: nothing of an unauthenticated
+            # request is processed.
+            raise SignatureError("Missing X-Matrix Authorization header")
         body = self._read_body(request)
         content: Any = None
         if body:
@@ -174,10 +179,9 @@ class FederationResource(Resource):
         query = _parse_query(request.uri)
         origin: str | None = None
         if route.authenticated:
-            headers = request.requestHeaders.getRawHeaders(b"authorization") or []
             uri = request.uri.decode("ascii", "replace")
             origin = await authenticate_request(
-                ctx.keyring, ctx.clock, ctx.config.server_name, method, uri, headers, content
+                ctx.keyring, ctx.clock, ctx.config.server_name, method, uri, auth_headers, content
             )
             # Rate limiting after authentication: an unauthenticated peer must not
             # be able to spend another server's allowance.
