@@ -57,7 +57,7 @@ def encode_canonical_json(obj: Any) -> bytes:
     :func:`decode_json` lets in).
     """
     if _iterencode is None:
-        return canonicaljson.encode_canonical_json(obj)  # type: ignore[no-any-return]
+        return canonicaljson.encode_canonical_json(obj)
     return "".join(_iterencode(obj, 0)).encode("utf-8")
 
 
@@ -149,6 +149,12 @@ def decode_json(
             raise BadJsonError("Content is not valid UTF-8", errcode="M_NOT_JSON") from None
     else:
         text = data
+        # A str may already hold lone surrogates that no UTF-8 input could.
+        if not text.isascii():
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                raise BadJsonError("JSON contains a lone UTF-16 surrogate") from None
     decoder = _STRICT_DECODER if strict_floats else _LENIENT_DECODER
     try:
         value = decoder.decode(text)

@@ -167,3 +167,9 @@ class DecodeTests(unittest.TestCase):
     def test_json_like_noise(self, chars: list[str]) -> None:
         with contextlib.suppress(BadJsonError):
             decode_json("".join(chars).encode("utf-8", "surrogatepass"))
+
+
+class DecodeStrTests(unittest.TestCase):
+    def test_str_with_raw_lone_surrogate(self) -> None:
+        self.assertRaises(BadJsonError, decode_json, '"\ud800"')
+        self.assertEqual(decode_json('"日本"'), "日本")

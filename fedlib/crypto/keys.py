@@ -69,11 +69,11 @@ def decode_verify_key_base64(algorithm: str, version: str, key_b64: str) -> Any:
 
 
 def encode_verify_key_base64(verify_key: Any) -> str:
-    return _sk.encode_verify_key_base64(verify_key)  # type: ignore[no-any-return]
+    return _sk.encode_verify_key_base64(verify_key)
 
 
 def encode_signing_key_base64(signing_key: Any) -> str:
-    return _sk.encode_signing_key_base64(signing_key)  # type: ignore[no-any-return]
+    return _sk.encode_signing_key_base64(signing_key)
 
 
 def key_id(key: Any) -> str:
