@@ -163,15 +163,17 @@ class MemoryStore:
         # Compute everything first so a failure leaves the store untouched.
         pending: dict[str, tuple[dict[StateKey, str], dict[StateKey, str]]] = {}
         todo: list[PersistItem] = []
+        todo_ids: set[str] = set()  # a set: a join's thousands of outliers made this quadratic
         for item in items:
             old = self._events.get(item.event_id)
             if old is not None and not (
                 old.status is EventStatus.OUTLIER and item.status is not EventStatus.OUTLIER
             ):
                 continue
-            if any(t.event_id == item.event_id for t in todo):
+            if item.event_id in todo_ids:
                 continue
             todo.append(item)
+            todo_ids.add(item.event_id)
             if item.status is EventStatus.OUTLIER:
                 continue
             assert item.state_before is not None
