@@ -509,7 +509,37 @@ class Keyring:
             raise SignatureError(f"Key lookup failed: {failure.value!r}"[:300]) from None
         verify_event_signatures(room_version, event, dict(zip(servers, found, strict=True)))
 
+    def _verify_event_cached(self, room_version: str, event: Mapping[str, Any]) -> bool:
+        """Verify with cached keys only; ``False`` when some key must be looked up."""
+        version = get_room_version(room_version)
+        valid_at: int | None = None
+        if version.enforce_key_validity:
+            ts = event.get("origin_server_ts")
+            if not isinstance(ts, int) or isinstance(ts, bool):
+                return False  # the full path reports the error
+            valid_at = ts
+        signatures = event.get("signatures")
+        if not isinstance(signatures, dict):
+            return False
+        keys: dict[str, dict[str, Any]] = {}
+        for server in required_signers(version, event):
+            sigs = signatures.get(server)
+            if not isinstance(sigs, dict) or not sigs:
+                return False
+            selected = self._select(server, [k for k in sigs if isinstance(k, str)], valid_at)
+            if not selected:
+                return False
+            keys[server] = {kid: f.verify_key for kid, f in selected.items()}
+        verify_event_signatures(room_version, event, keys)
+        return True
+
     def verify_event(self, room_version: str, event: Mapping[str, Any]) -> defer.Deferred[None]:
+        # Most events are signed with keys already cached: skip the Deferred machinery.
+        try:
+            if self._verify_event_cached(room_version, event):
+                return defer.succeed(None)
+        except MatrixError as e:
+            return defer.fail(e)
         return defer.ensureDeferred(self._verify_event(room_version, event))
 
     # -- acting as a notary ------------------------------------------------------------------
