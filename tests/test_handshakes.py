@@ -598,6 +598,15 @@ class KnockLeaveInviteTests(HandshakeTestBase):
         self.assertEqual(stored.stripped_state[0]["type"], "m.room.create")
         self.assertIsNone(_result(self.store.get_room(res.room_id)))
 
+    def test_join_completes_knock(self) -> None:
+        res = self.resident()
+        _result(self.handshakes.knock_room(res.room_id, BOB, ["hs1"]))
+        result = _result(self.handshakes.join_room(res.room_id, BOB, ["hs1"]))
+        self.assertIsInstance(result, JoinResult, str(result))
+        self.assertIsNone(
+            _result(self.store.get_stripped_room(StrippedKind.KNOCK, res.room_id, BOB))
+        )
+
     def test_knock_failure(self) -> None:
         res = self.resident()
         res.mode.add("500")

@@ -505,6 +505,9 @@ class Handshakes:
             ) from None
         partial = bool(resp.members_omitted)
         yield self._persist_join(room_id, vid, join_id, join_event, state, order, events, partial)
+        # The join completes any invite or knock we kept for this user and room.
+        for kind in (StrippedKind.INVITE, StrippedKind.KNOCK):
+            yield self._store.delete_stripped_room(kind, room_id, user_id)
         servers_in_room = tuple(resp.servers_in_room or ())
         result = JoinResult(
             room_id=room_id,
