@@ -218,6 +218,11 @@ class EventSigningTests(unittest.TestCase):
         )
         self.assertEqual(signing.required_signers(v8, join), {"example.org", "auth.org"})
         self.assertEqual(signing.required_signers(v3, join), {"example.org"})
+        for authoriser in (None, 5, "@nodomain"):
+            malformed = dict(
+                join, content=dict(join["content"], join_authorised_via_users_server=authoriser)
+            )
+            self.assertRaises(SignatureError, signing.required_signers, v8, malformed)
         invite = _event(
             "3",
             type="m.room.member",

@@ -154,13 +154,15 @@ def required_signers(version: RoomVersion, event: Mapping[str, Any]) -> set[str]
         event_id_server = _server_of(event.get("event_id"))
         if event_id_server is not None:
             signers.add(event_id_server)
-    if version.restricted_join_rule and membership == "join":
-        authoriser = content.get("join_authorised_via_users_server")
-        if authoriser is not None:
-            authoriser_server = _server_of(authoriser)
-            if authoriser_server is None:
-                raise SignatureError("Malformed join_authorised_via_users_server")
-            signers.add(authoriser_server)
+    if (
+        version.restricted_join_rule
+        and membership == "join"
+        and "join_authorised_via_users_server" in content
+    ):
+        authoriser_server = _server_of(content["join_authorised_via_users_server"])
+        if authoriser_server is None:
+            raise SignatureError("Malformed join_authorised_via_users_server")
+        signers.add(authoriser_server)
     return signers
 
 
