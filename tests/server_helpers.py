@@ -223,6 +223,9 @@ class Harness:
             dict(s._stripped),
             len(self.hooks.new_pdus),
             len(self.hooks.edus),
+            # Nothing sent: the outbound queues are untouched.
+            {k: dict(v) for k, v in s._pdu_queue.items()},
+            {k: list(v) for k, v in s._edu_queue.items()},
         )
 
 
