@@ -9,9 +9,12 @@ from twisted.internet import defer, threads
 from twisted.trial import unittest
 
 from fedlib.storage import SchemaTooNewError, open_store
+from fedlib.storage.migrations import migrate
 from fedlib.storage.postgres import PostgresStore
+from fedlib.storage.sql import Cursor
 from tests.pg_util import PG_URL, drop_schema, fresh_schema, postgres_unavailable
 from tests.storage_suite import FakeClock, StoreTestsMixin
+from tests.test_storage_sqlite import V1_STATE_A, V1_STATE_B, write_v1_state
 
 _SKIP = postgres_unavailable()
 
@@ -51,3 +54,26 @@ class PostgresSchemaTests(unittest.TestCase):
         yield threads.deferToThread(bump)
         f = yield self.assertFailure(PostgresStore.open(PG_URL, schema), SchemaTooNewError)
         self.assertIn("newer fedlib", str(f))
+
+    @defer.inlineCallbacks
+    def test_migration_from_v1_keeps_state(self) -> Generator[Any, Any, None]:
+        schema = fresh_schema()
+        self.addCleanup(threads.deferToThread, drop_schema, schema)
+
+        def old_database() -> None:
+            import psycopg
+
+            with psycopg.connect(PG_URL, autocommit=True) as conn:
+                conn.execute(f"CREATE SCHEMA {schema}")
+                conn.execute(f"SET search_path = {schema}")
+                with conn.transaction():
+                    cur = Cursor(conn.cursor(), postgres=True)
+                    self.assertEqual(migrate(cur, "postgres", target=1), 1)
+                    write_v1_state(cur)
+                    cur.x("SELECT setval('state_groups_id_seq', 2)")
+
+        yield threads.deferToThread(old_database)
+        store = yield PostgresStore.open(PG_URL, schema)
+        self.addCleanup(store.close)
+        self.assertEqual((yield store.get_state_after("$a")), V1_STATE_A)
+        self.assertEqual((yield store.get_state_after("$b")), V1_STATE_B)

@@ -11,6 +11,8 @@ from twisted.internet import defer
 from twisted.trial import unittest
 
 from fedlib.storage import SchemaTooNewError
+from fedlib.storage.migrations import latest_version, migrate
+from fedlib.storage.sql import Cursor
 from fedlib.storage.sqlite import SqliteStore
 from tests.storage_suite import FakeClock, StoreTestsMixin
 
@@ -33,7 +35,10 @@ class SqliteSchemaTests(unittest.TestCase):
         yield store.close()
         conn = sqlite3.connect(path)
         self.assertEqual(conn.execute("PRAGMA journal_mode").fetchone()[0], "wal")
-        self.assertEqual(conn.execute("SELECT version FROM schema_version").fetchall(), [(1,)])
+        self.assertEqual(
+            conn.execute("SELECT version FROM schema_version").fetchall(),
+            [(latest_version("sqlite"),)],
+        )
         conn.close()
 
     @defer.inlineCallbacks
@@ -47,3 +52,52 @@ class SqliteSchemaTests(unittest.TestCase):
         conn.close()
         f = yield self.assertFailure(SqliteStore.open(path), SchemaTooNewError)
         self.assertIn("newer fedlib", str(f))
+
+    @defer.inlineCallbacks
+    def test_migration_from_v1_keeps_state(self) -> Generator[Any, Any, None]:
+        """A database written with schema 1 (one row per state entry) opens under
+        the current schema with the same state."""
+        path = os.path.abspath(self.mktemp()) + ".db"
+        conn = sqlite3.connect(path, isolation_level=None)
+        conn.execute("BEGIN")
+        cur = Cursor(conn.cursor(), postgres=False)
+        self.assertEqual(migrate(cur, "sqlite", target=1), 1)
+        write_v1_state(cur)
+        conn.execute("COMMIT")
+        conn.close()
+        store = yield SqliteStore.open(path)
+        self.addCleanup(store.close)
+        self.assertEqual((yield store.get_state_after("$a")), V1_STATE_A)
+        self.assertEqual((yield store.get_state_after("$b")), V1_STATE_B)
+
+
+V1_STATE_A = {("m.room.create", ""): "$c", ("m.room.name", ""): "$a"}
+V1_STATE_B = {("m.room.create", ""): "$c", ("m.room.topic", ""): "$b"}
+
+
+def write_v1_state(cur: Cursor) -> None:
+    """Rows as schema version 1 stored them: group 1 a snapshot, group 2 a delta
+    that deletes the name and adds a topic."""
+    cur.x("INSERT INTO rooms (room_id, room_version) VALUES ('!r:a', '10')")
+    cur.x(
+        "INSERT INTO state_groups (id, room_id, parent, depth, root_size) VALUES (1, '!r:a', NULL, 0, 2)"
+    )
+    cur.x(
+        "INSERT INTO state_groups (id, room_id, parent, depth, root_size) VALUES (2, '!r:a', 1, 1, 2)"
+    )
+    cur.many(
+        "INSERT INTO state_group_entries (group_id, type, state_key, event_id) VALUES (?, ?, ?, ?)",
+        [
+            (1, "m.room.create", "", "$c"),
+            (1, "m.room.name", "", "$a"),
+            (2, "m.room.name", "", None),
+            (2, "m.room.topic", "", "$b"),
+        ],
+    )
+    for so, (eid, group) in enumerate([("$a", 1), ("$b", 2)], start=1):
+        cur.x(
+            "INSERT INTO events (event_id, room_id, stream_ordering, depth, origin_server_ts,"
+            " status, state_before_group, state_after_group, json)"
+            " VALUES (?, '!r:a', ?, ?, 0, 'accepted', ?, ?, '{}')",
+            (eid, so, so, group, group),
+        )

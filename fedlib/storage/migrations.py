@@ -40,8 +40,9 @@ def latest_version(backend: str) -> int:
     return files[-1][0] if files else 0
 
 
-def migrate(cur: Cursor, backend: str) -> int:
-    """Bring the schema up to date inside the caller's transaction; return the version."""
+def migrate(cur: Cursor, backend: str, target: int | None = None) -> int:
+    """Bring the schema up to date (or up to ``target``, for tests of migrations)
+    inside the caller's transaction; return the version reached."""
     cur.x("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
     rows = cur.q("SELECT version FROM schema_version")
     current = int(rows[0][0]) if rows else 0
@@ -54,7 +55,7 @@ def migrate(cur: Cursor, backend: str) -> int:
             "or use another database"
         )
     for version, _name, sql in files:
-        if version <= current:
+        if version <= current or (target is not None and version > target):
             continue
         for stmt in split_statements(sql):
             cur.x(stmt)

@@ -67,6 +67,18 @@ def _dumps(obj: Any) -> str:
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
 
 
+def _encode_entries(entries: Mapping[StateKey, str | None]) -> str:
+    nested: dict[str, dict[str, str | None]] = {}
+    for (typ, sk), eid in entries.items():
+        nested.setdefault(typ, {})[sk] = eid
+    return _dumps(nested)
+
+
+def _decode_entries(blob: str) -> Delta:
+    nested: dict[str, dict[str, str | None]] = json.loads(blob)
+    return {(typ, sk): eid for typ, keys in nested.items() for sk, eid in keys.items()}
+
+
 def _lowbit(n: int) -> int:
     return n & -n
 
@@ -255,13 +267,9 @@ class SqlStore:
         return [(int(r[0]), r[1], int(r[2]), int(r[3])) for r in rows]
 
     def _entries(self, cur: Cursor, gids: Sequence[int]) -> dict[int, Delta]:
-        out: dict[int, Delta] = {g: {} for g in gids}
-        for gid, typ, sk, eid in cur.q_in(
-            "SELECT group_id, type, state_key, event_id FROM state_group_entries"
-            " WHERE group_id IN ({in})",
-            gids,
-        ):
-            out[int(gid)][(typ, sk)] = eid
+        out: dict[int, Delta] = {}
+        for gid, blob in cur.q_in("SELECT id, entries FROM state_groups WHERE id IN ({in})", gids):
+            out[int(gid)] = _decode_entries(blob)
         return out
 
     def _resolve_group(
@@ -286,8 +294,10 @@ class SqlStore:
                 base, ids = hit, ids[:i]
                 break
         entries = self._entries(cur, ids)
-        state = dict(base)
-        for g in reversed(ids):
+        # Without a cached base the walk starts at a snapshot, whose freshly decoded
+        # dict (no deletions in it) can be used as it is.
+        state: dict[StateKey, Any] = entries[ids[-1]] if not base else dict(base)
+        for g in reversed(ids[:-1] if not base else ids):
             for k, v in entries[g].items():
                 if v is None:
                     state.pop(k, None)
@@ -320,16 +330,11 @@ class SqlStore:
                 else:
                     full[k] = v
             rows = cur.q(
-                "INSERT INTO state_groups (room_id, parent, depth, root_size)"
-                " VALUES (?, NULL, 0, ?) RETURNING id",
-                (room_id, len(full)),
+                "INSERT INTO state_groups (room_id, parent, depth, root_size, entries)"
+                " VALUES (?, NULL, 0, ?, ?) RETURNING id",
+                (room_id, len(full), _encode_entries(full)),
             )
             gid = int(rows[0][0])
-            cur.many(
-                "INSERT INTO state_group_entries (group_id, type, state_key, event_id)"
-                " VALUES (?, ?, ?, ?)",
-                [(gid, t, s, e) for (t, s), e in full.items()],
-            )
         else:
             target = depth - _lowbit(depth)
             path = []
@@ -350,16 +355,11 @@ class SqlStore:
                 delta.update(entries[g])
             delta.update(change)
             rows = cur.q(
-                "INSERT INTO state_groups (room_id, parent, depth, root_size)"
-                " VALUES (?, ?, ?, ?) RETURNING id",
-                (room_id, base, depth, root_size),
+                "INSERT INTO state_groups (room_id, parent, depth, root_size, entries)"
+                " VALUES (?, ?, ?, ?, ?) RETURNING id",
+                (room_id, base, depth, root_size, _encode_entries(delta)),
             )
             gid = int(rows[0][0])
-            cur.many(
-                "INSERT INTO state_group_entries (group_id, type, state_key, event_id)"
-                " VALUES (?, ?, ?, ?)",
-                [(gid, t, s, e) for (t, s), e in delta.items()],
-            )
         created[gid] = _NewGroup(parent, change)
         return gid
 
@@ -793,6 +793,11 @@ class SqlStore:
         # One recursive query per chunk of starting events; UNION (not UNION ALL)
         # stops at events already reached, so shared chains are walked once.
         out: set[str] = set()
+        if cur.postgres:
+            # The planner cannot estimate a recursive CTE and picks hash joins that
+            # scan all of event_auth per step; index nested loops are O(chain).
+            cur.x("SET LOCAL enable_hashjoin = off")
+            cur.x("SET LOCAL enable_mergejoin = off")
         for chunk in _chunks(ids):
             marks = ",".join("?" * len(chunk))
             rows = cur.q(
