@@ -236,10 +236,12 @@ async def _run(
     checks.append(CheckResult("tls", ok, summary, tuple(details)))
     # 3. Keys, directly.
     now_ms = int(reactor.seconds() * 1000)
+    direct_key_ids: list[str] = []
     try:
         response = await client.get_server_keys(server_name)
         keys, _valid_until = parse_key_response(server_name, response, now_ms)
         current = sorted(k for k, f in keys.items() if f.expired_ts is None)
+        direct_key_ids = current
         old = sorted(k for k, f in keys.items() if f.expired_ts is not None)
         details = [
             f"valid_until_ts: {response['valid_until_ts']} ({_ms_to_iso(response['valid_until_ts'])})"
@@ -262,7 +264,7 @@ async def _run(
     if notary is not None:
         keyring = Keyring(client, reactor, notaries=[Notary(notary)], fetch_directly=False)
         try:
-            vouched = sorted(await keyring.refresh_keys(server_name))
+            vouched = sorted(await keyring.refresh_keys(server_name, direct_key_ids))
             if vouched:
                 checks.append(
                     CheckResult(

@@ -207,6 +207,7 @@ class Keyring:
         self._last_fetch: dict[str, float] = {}
         self._last_error: dict[str, MatrixError] = {}
         self._inflight: dict[str, list[defer.Deferred[None]]] = {}
+        self._wanted: dict[str, dict[str, int]] = {}
 
     def _now_ms(self) -> int:
         return int(self._clock.seconds() * 1000)
@@ -251,8 +252,18 @@ class Keyring:
 
     # -- fetching ------------------------------------------------------------------------
 
-    def _fetch(self, server_name: str) -> defer.Deferred[None]:
-        """One fetch per server at a time; concurrent callers share it."""
+    def _fetch(
+        self, server_name: str, wanted: Mapping[str, int] | None = None
+    ) -> defer.Deferred[None]:
+        """One fetch per server at a time; concurrent callers share it.
+
+        ``wanted`` maps key IDs to the time they must be valid until; notaries are
+        asked for those (some notaries only fetch keys named in the query).
+        """
+        if wanted:
+            want = self._wanted.setdefault(server_name, {})
+            for kid, ts in list(wanted.items())[:MAX_WANTED_KEYS]:
+                want[kid] = max(ts, want.get(kid, ts))
         waiter: defer.Deferred[None] = defer.Deferred()
         if server_name in self._inflight:
             self._inflight[server_name].append(waiter)
@@ -271,6 +282,7 @@ class Keyring:
 
     async def _fetch_now(self, server_name: str) -> None:
         """Try the origin, then each notary; remember the last error. Never fails."""
+        wanted = self._wanted.pop(server_name, {})
         errors: list[str] = []
         # A notary's own keys can only come from the notary itself.
         is_notary = any(n.server_name == server_name for n in self.notaries)
@@ -287,7 +299,7 @@ class Keyring:
             if notary.server_name == server_name:
                 continue
             try:
-                await self._fetch_via_notary(notary, server_name)
+                await self._fetch_via_notary(notary, server_name, wanted)
                 self._last_error.pop(server_name, None)
                 return
             except MatrixError as e:
@@ -374,8 +386,13 @@ class Keyring:
             selected = self._select(notary.server_name, wanted, None)
         return {k: f.verify_key for k, f in selected.items()}
 
-    async def _fetch_via_notary(self, notary: Notary, server_name: str) -> None:
-        entries = await self._client.query_keys_via_notary(notary.server_name, {server_name: {}})
+    async def _fetch_via_notary(
+        self, notary: Notary, server_name: str, wanted: Mapping[str, int]
+    ) -> None:
+        criteria = {kid: {"minimum_valid_until_ts": ts} for kid, ts in wanted.items()}
+        entries = await self._client.query_keys_via_notary(
+            notary.server_name, {server_name: criteria}
+        )
         now = self._now_ms()
         found = False
         problems: list[str] = []
@@ -426,25 +443,28 @@ class Keyring:
             last = self._last_fetch.get(server_name)
             recently = last is not None and self._clock.seconds() - last < self._refetch_interval
             if not recently or server_name in self._inflight:
-                await self._fetch(server_name)
+                when = valid_at_ts if valid_at_ts is not None else self._now_ms()
+                await self._fetch(server_name, {k: when for k in wanted if k not in selected})
                 selected = self._select(server_name, wanted, valid_at_ts)
             if not selected and server_name in self._last_error:
                 raise self._last_error[server_name]
         return {kid: f.verify_key for kid, f in selected.items()}
 
-    async def _refresh(self, server_name: str) -> dict[str, FetchedKey]:
+    async def _refresh(self, server_name: str, key_ids: Iterable[str]) -> dict[str, FetchedKey]:
         self._last_error.pop(server_name, None)
-        await self._fetch(server_name)
+        await self._fetch(server_name, {k: self._now_ms() for k in key_ids})
         known = dict(self._known(server_name))
         if not known and server_name in self._last_error:
             raise self._last_error[server_name]
         return known
 
-    def refresh_keys(self, server_name: str) -> defer.Deferred[dict[str, FetchedKey]]:
+    def refresh_keys(
+        self, server_name: str, key_ids: Iterable[str] = ()
+    ) -> defer.Deferred[dict[str, FetchedKey]]:
         """Fetch ``server_name``'s keys now (directly and/or via the notaries, as
-        configured) and return every key known for it; fails with
-        :class:`SignatureError` when none could be had."""
-        return defer.ensureDeferred(self._refresh(server_name))
+        configured; notaries are asked for ``key_ids`` by name) and return every key
+        known for it; fails with :class:`SignatureError` when none could be had."""
+        return defer.ensureDeferred(self._refresh(server_name, key_ids))
 
     def get_verify_keys(
         self, server_name: str, key_ids: Iterable[str], valid_at_ts: int | None = None
@@ -558,18 +578,21 @@ class Keyring:
                 out.append(dict(own_response))
                 continue
             minimum = now
+            wanted: dict[str, int] = {}
             if isinstance(criteria, dict):
-                for c in criteria.values():
+                for kid, c in criteria.items():
                     m = c.get("minimum_valid_until_ts") if isinstance(c, dict) else None
                     if isinstance(m, int) and not isinstance(m, bool):
                         minimum = max(minimum, m)
+                    if isinstance(kid, str):
+                        wanted[kid] = m if isinstance(m, int) and not isinstance(m, bool) else now
             cached = self._raw.get(server_name)
             if cached is None and self._db is not None:
                 cached = await self._stored_raw(server_name, now)
             if cached is None or cached[0] < minimum:
                 last = self._last_fetch.get(server_name)
                 if last is None or self._clock.seconds() - last >= self._refetch_interval:
-                    await self._fetch(server_name)
+                    await self._fetch(server_name, wanted)
                 cached = self._raw.get(server_name)
             if cached is not None:
                 out.append(sign_json(cached[1], notary_name, notary_signing_key))
@@ -610,6 +633,9 @@ class Keyring:
             self._notary_query(server_keys, notary_name, notary_signing_key, own_response)
         )
 
+
+#: Most key IDs named for one server in one notary query.
+MAX_WANTED_KEYS = 20
 
 #: Most servers answered in one notary query.
 MAX_NOTARY_SERVERS = 100
