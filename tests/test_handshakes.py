@@ -183,8 +183,28 @@ class FakeClient:
         returned = None
         if "restricted" in res.mode:
             returned = sign_event(res.version, event, res.server.name, res.server.key)
+        bad_sig = {res.server.name: {"ed25519:k1": "A" * 86}}
         if "bad_signature" in res.mode:
-            state[1] = dict(state[1], signatures={res.server.name: {"ed25519:k1": "A" * 86}})
+            # The power levels, in both lists: the join's auth needs them.
+            state = [
+                dict(s, signatures=bad_sig) if s["type"] == "m.room.power_levels" else s
+                for s in state
+            ]
+            auth_chain = [
+                dict(a, signatures=bad_sig) if a["type"] == "m.room.power_levels" else a
+                for a in auth_chain
+            ]
+        if "bad_member_signature" in res.mode:
+            # A member event nothing else depends on.
+            state = [
+                dict(s, signatures=bad_sig) if s.get("state_key") == "@m1:hs1" else s for s in state
+            ]
+        if "bad_copy" in res.mode:
+            # A bad copy in state of an event whose good copy is in the auth chain.
+            state = [
+                dict(s, signatures=bad_sig) if s["type"] == "m.room.join_rules" else s
+                for s in state
+            ]
         if "forged_chain" in res.mode:
             # A power-levels event, validly signed, sent by someone with no power.
             forged = res._build(
@@ -440,10 +460,36 @@ class JoinTests(HandshakeTestBase):
         res.mode.add("truncated")
         self.join_fails(res, "truncated")
 
-    def test_bad_signature(self) -> None:
+    def test_bad_signature_on_needed_event(self) -> None:
         res = self.resident(members=2)
         res.mode.add("bad_signature")
-        self.join_fails(res, "fails verification")
+        self.join_fails(res, "inconsistent send_join answer", "missing")
+
+    def test_bad_signature_on_member_is_dropped(self) -> None:
+        res = self.resident(members=2)
+        res.mode.add("bad_member_signature")
+        result = _result(self.handshakes.join_room(res.room_id, BOB, ["hs1"]))
+        self.assertIsInstance(result, JoinResult, str(result))
+        bad_id = res.state[("m.room.member", "@m1:hs1")]
+        self.assertNotIn(("m.room.member", "@m1:hs1"), result.state_before)
+        self.assertEqual(_result(self.store.have_seen([bad_id])), set())
+        current = _result(self.store.get_current_state(res.room_id))
+        self.assertNotIn(("m.room.member", "@m1:hs1"), current)
+
+    def test_bad_copy_replaced_by_good_copy(self) -> None:
+        res = self.resident()
+        res.mode.add("bad_copy")
+        result = _result(self.handshakes.join_room(res.room_id, BOB, ["hs1"]))
+        self.assertIsInstance(result, JoinResult, str(result))
+        jr_id = res.state[("m.room.join_rules", "")]
+        self.assertEqual(result.state_before[("m.room.join_rules", "")], jr_id)
+        stored = _result(self.store.get_events([jr_id]))[jr_id]
+        self.assertEqual(stored.event["signatures"], res.events[jr_id]["signatures"])
+
+    def test_everything_forged(self) -> None:
+        res = self.resident(members=3)
+        self.keyring.keys["hs1"] = {}  # no key of hs1 is known: nothing verifies
+        self.join_fails(res, "fail verification")
 
     def test_forged_auth_chain(self) -> None:
         res = self.resident()
@@ -465,10 +511,16 @@ class JoinTests(HandshakeTestBase):
         res.mode.add("state_lacks_pl")
         self.join_fails(res, "state lacks")
 
-    def test_event_of_other_room(self) -> None:
+    def test_event_of_other_room_is_dropped(self) -> None:
         res = self.resident()
         res.mode.add("wrong_room")
-        self.join_fails(res, "fails verification")
+        result = _result(self.handshakes.join_room(res.room_id, BOB, ["hs1"]))
+        self.assertIsInstance(result, JoinResult, str(result))
+        events = _result(self.store.get_events(list(result.state_before.values())))
+        self.assertTrue(
+            all(e.event.get("room_id", res.room_id) == res.room_id for e in events.values())
+        )
+        self.assertEqual(len(events), len(result.state_before))
 
     def test_bad_template(self) -> None:
         res = self.resident()

@@ -477,23 +477,27 @@ class Handshakes:
             raise BadJsonError(f"{server}: send_join answer has {total} events; too many")
         vid = version.identifier
         state_checks = yield verify_pdus(self._keyring, vid, list(resp.state), room_id=room_id)
-        for r in state_checks:
-            if not r.ok:
-                raise MatrixError(
-                    502,
-                    r.error.errcode if r.error else "M_UNKNOWN",
-                    f"{server}: state event {r.event_id} fails verification: "
-                    f"{r.error.msg if r.error else ''}",
-                )
         chain_checks = yield verify_pdus(self._keyring, vid, list(resp.auth_chain), room_id=room_id)
-        state_events = {r.event_id: r.event for r in state_checks if r.event_id and r.event}
+        # Events failing format or signature checks are dropped, as the spec says
+        # (a departed server's key may be unobtainable). Whatever needed a dropped
+        # event then fails the auth checks below, and the join with it.
+        dropped: list[str] = []
+        state_events: dict[str, Mapping[str, Any]] = {}
         events: dict[str, Mapping[str, Any]] = {}
-        for r in chain_checks:
-            if r.ok and r.event_id and r.event is not None:
-                events[r.event_id] = r.event
-            else:
-                # Dropped, as the spec says; if anything needs it, the auth checks fail.
-                log.info("%s: dropped auth chain event %s: %s", server, r.event_id, r.error)
+        for checks, into in ((chain_checks, events), (state_checks, state_events)):
+            for r in checks:
+                if r.ok and r.event_id and r.event is not None:
+                    into[r.event_id] = r.event
+                elif r.event_id in events:
+                    # A bad copy of an event whose good copy we have: keep the good one.
+                    into[r.event_id] = events[r.event_id]
+                else:
+                    dropped.append(str(r.event_id))
+                    log.info("%s: dropped event %s: %s", server, r.event_id, r.error)
+        if len(dropped) > max(10, total // 2):
+            raise MatrixError(
+                502, "M_UNKNOWN", f"{server}: {len(dropped)} of {total} events fail verification"
+            )
         events.update(state_events)
         try:
             state, order = check_join_response(
