@@ -9,7 +9,7 @@ call, and nothing is shared between calls (or threads).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence, ValuesView
 from itertools import chain
 from operator import itemgetter
 from typing import Any
@@ -66,7 +66,15 @@ class EventGraph:
     require.
     """
 
-    __slots__ = ("_auth_ids", "_implicit_create", "_pl_users", "events", "version")
+    __slots__ = (
+        "_auth_ids",
+        "_implicit_create",
+        "_keys",
+        "_pl_parent",
+        "_pl_users",
+        "events",
+        "version",
+    )
 
     def __init__(self, version: RoomVersion, events: Mapping[str, Event]) -> None:
         self.version = version
@@ -74,12 +82,25 @@ class EventGraph:
         self._auth_ids: dict[str, tuple[str, ...]] = {}
         self._implicit_create = version.room_id_is_create_hash
         self._pl_users: dict[str, tuple[dict[str, Any], int]] = {}
+        self._keys: dict[str, StateKey | None] = {}
+        self._pl_parent: dict[str, str | None] = {}
 
     def get(self, event_id: str) -> Event:
         try:
             return self.events[event_id]
         except KeyError:
             raise missing_error([event_id]) from None
+
+    def key_of(self, event_id: str) -> StateKey | None:
+        """``(type, state_key)`` of an event of the map (``None``: not a state
+        event, or not in the map)."""
+        try:
+            return self._keys[event_id]
+        except KeyError:
+            event = self.events.get(event_id)
+            key = None if event is None else state_key_of(event)
+            self._keys[event_id] = key
+            return key
 
     def auth_ids(self, event_id: str) -> tuple[str, ...]:
         """The event's auth event IDs (plus the implicit v12 create event)."""
@@ -105,26 +126,47 @@ class EventGraph:
                 out.append("$" + room_id[1:])
         return tuple(out)
 
-    def walk(self, roots: Iterable[str], targets: set[str] | None = None) -> set[str]:
-        """The reflexive auth closure of ``roots`` (every event reachable through
-        auth links, and the roots themselves).
-
-        With ``targets``, stop as soon as all of them have been seen: the answer
-        then is only good for membership tests of those targets.
-
-        Runs level by level with C-level set and ``map`` operations, which makes
-        walking a whole 100,000-member room's auth DAG take milliseconds; odd
-        input (missing events, malformed ``auth_events``) falls back to
-        :meth:`_walk_slowly`, which reports exactly what is missing.
-        """
+    def walk(self, roots: Iterable[str]) -> set[str]:
+        """The reflexive auth closure of ``roots``: the roots and every event
+        reachable from them through auth links."""
         seen = set(roots)
-        remaining = None if targets is None else targets - seen
-        if remaining is not None and not remaining:
-            return seen
-        frontier = seen
+        return self._levels(seen, seen, None)
+
+    def reached_targets(
+        self, roots: Iterable[str], targets: set[str], known_elsewhere: set[str]
+    ) -> set[str]:
+        """The ``targets`` reachable from ``roots`` through auth links (the caller
+        has already taken out targets that are roots themselves).
+
+        ``roots`` may be a whole room's state, so this is the one walk whose cost
+        is in the room's size, and it is trimmed three ways: the roots are not
+        collected into a set (a root reached again from another root is merely
+        expanded twice); auth closures inside ``known_elsewhere`` (a set closed
+        under auth links and disjoint from ``targets``) are not entered; and the
+        walk stops once every target has been found.
+        """
+        remaining = set(targets)
+        if not remaining:
+            return set()
+        # The first level goes in the caller's order: for a room's whole state
+        # that is roughly the order the event dicts were allocated in, and
+        # visiting them in set (hash) order costs several times more in cache
+        # misses.
+        frontier = roots if isinstance(roots, Sequence | ValuesView) else list(roots)
+        seen = set(known_elsewhere)
+        left = self._levels(frontier, seen, remaining)
+        return (targets - left) if left is not None else set(targets)
+
+    def _levels(self, frontier: Iterable[str], seen: set[str], remaining: set[str] | None) -> Any:
+        """Breadth-first over auth links, level by level with C-level ``map`` and
+        set operations; returns ``seen`` (adding to it), or with ``remaining`` the
+        targets still unseen when the walk ends. Odd input (missing events,
+        malformed ``auth_events``) falls back to :meth:`_walk_slowly`, which
+        reports exactly what is missing."""
         events = self.events
         v1_format = self.version.event_format is EventFormat.V1
         create_id: str | None = None
+        start = frontier
         try:
             while frontier:
                 raw = chain.from_iterable(map(_get_auth_events, map(events.__getitem__, frontier)))
@@ -142,12 +184,15 @@ class EventGraph:
                 if remaining is not None:
                     remaining = remaining - step
                     if not remaining:
-                        break
+                        return remaining
         except (KeyError, TypeError, IndexError):
-            return self._walk_slowly(seen, remaining)
-        if not all(isinstance(e, str) for e in seen):
-            return self._walk_slowly(set(roots), None if targets is None else set(targets))
-        return seen
+            # A non-string ID is no key of ``events`` either, so it lands here too.
+            closure = self._walk_slowly(set(start) | seen)
+            if remaining is None:
+                seen |= closure
+                return seen
+            return remaining - closure
+        return seen if remaining is None else remaining
 
     def _find_create_id(self, ids: Iterable[str]) -> str | None:
         # Every event of one resolution is in the same room, so any event's room
@@ -158,7 +203,7 @@ class EventGraph:
                 return "$" + room_id[1:]
         return None
 
-    def _walk_slowly(self, seen: set[str], remaining: set[str] | None) -> set[str]:
+    def _walk_slowly(self, seen: set[str]) -> set[str]:
         seen = {e for e in seen if isinstance(e, str)}
         stack = list(seen)
         missing: set[str] = set()
@@ -188,16 +233,13 @@ class EventGraph:
         create: Event | None = None
         first_create: Event | None = None
         for aid in self.auth_ids(event_id):
-            aev = self.events.get(aid)
-            if aev is None:
-                continue
-            key = state_key_of(aev)
+            key = self.key_of(aid)
             if key == POWER_LEVELS_KEY:
                 pl_id = aid
             elif key == CREATE_KEY:
-                create = aev
+                create = self.events[aid]
                 if first_create is None:
-                    first_create = aev
+                    first_create = create
         if create is not None and self.version.privileged_creators and is_creator(create, sender):
             return math.inf
         if pl_id is None:
@@ -232,11 +274,17 @@ class EventGraph:
 
     def power_levels_auth_event(self, event_id: str) -> str | None:
         """The first ``m.room.power_levels`` event among the event's auth events."""
+        try:
+            return self._pl_parent[event_id]
+        except KeyError:
+            pass
+        found = None
         for aid in self.auth_ids(event_id):
-            aev = self.events.get(aid)
-            if aev is not None and state_key_of(aev) == POWER_LEVELS_KEY:
-                return aid
-        return None
+            if self.key_of(aid) == POWER_LEVELS_KEY:
+                found = aid
+                break
+        self._pl_parent[event_id] = found
+        return found
 
     def origin_server_ts(self, event_id: str) -> int:
         ts = self.get(event_id).get("origin_server_ts")

@@ -36,7 +36,6 @@ from fedlib.state._events import (
     EventGraph,
     StateKey,
     StateMap,
-    missing_error,
     state_key_of,
 )
 
@@ -79,7 +78,9 @@ def resolve_v2(
             if eid is not None:
                 conflicted_events.add(eid)
 
-    full_conflicted = _full_conflicted_set(graph, state_sets, conflicted_keys, unconflicted)
+    full_conflicted = _full_conflicted_set(
+        graph, state_sets, conflicted_keys, conflicted_events, unconflicted
+    )
     full_conflicted |= conflicted_events
 
     # Step 1: power events and their auth ancestors inside the full conflicted set.
@@ -102,24 +103,27 @@ def resolve_v2(
     _iterative_auth_checks(graph, leftover, base, overlay)
 
     # Step 5: the unconflicted state wins over anything resolved.
-    resolved = dict(unconflicted)
+    # (``unconflicted`` is this call's own copy, so it becomes the result.)
     for key, eid in overlay.items():
-        resolved.setdefault(key, eid)
-    return resolved
+        unconflicted.setdefault(key, eid)
+    return unconflicted
 
 
 def _full_conflicted_set(
     graph: EventGraph,
     state_sets: Sequence[StateMap],
     conflicted_keys: set[StateKey],
+    conflicted_events: set[str],
     unconflicted: Mapping[StateKey, str],
 ) -> set[str]:
-    """The auth difference, plus (v2.1) the conflicted state subgraph.
+    """The auth difference, plus (v2.1) the conflicted state subgraph, less the
+    conflicted events themselves (the caller adds them).
 
     With ``A`` the auth closure of the unconflicted state and ``B_i`` that of the
     conflicted entries of state set ``i``, the full auth chain of set ``i`` is
     ``A | B_i``, so the auth difference is ``union(B_i) - intersection(B_i) - A``:
-    only the (small) ``B_i`` need walking, plus a membership test against ``A``.
+    only the (small) ``B_i`` need walking, plus a membership test against ``A``
+    for the few events that are neither conflicted nor unconflicted state.
     """
     per_set: list[set[str]] = []
     for state_set in state_sets:
@@ -127,24 +131,22 @@ def _full_conflicted_set(
         per_set.append(graph.walk(roots))
     union: set[str] = set().union(*per_set)
     common: set[str] = per_set[0].intersection(*per_set[1:])
-    candidates = union - common
 
-    # Candidates that are themselves unconflicted state are in A trivially; only
-    # the others need the walk from the unconflicted state.
+    # Candidates that are unconflicted state are in A, conflicted ones are in
+    # the full conflicted set anyway; only the rest need the walk from the
+    # unconflicted state, which in a typical fork leaves nothing to walk for.
     unknown: set[str] = set()
-    for eid in candidates:
-        key = state_key_of(graph.get(eid))
+    for eid in union - common - conflicted_events:
+        key = graph.key_of(eid)
         if key is None or unconflicted.get(key) != eid:
             unknown.add(eid)
-    candidates &= unknown
+    found = unknown
     if unknown:
-        # Intersect before subtracting: ``small -= big`` would iterate ``big``.
-        candidates -= unknown & graph.walk(unconflicted.values(), targets=unknown)
+        found = unknown - graph.reached_targets(unconflicted.values(), unknown, common)
 
     if graph.version.state_res is StateResAlgorithm.V2_1:
-        conflicted_events = {s[k] for s in state_sets for k in conflicted_keys if k in s}
-        candidates |= _conflicted_subgraph(graph, union, conflicted_events)
-    return candidates
+        found |= _conflicted_subgraph(graph, union, conflicted_events)
+    return found
 
 
 def _conflicted_subgraph(graph: EventGraph, closure: set[str], conflicted: set[str]) -> set[str]:
@@ -231,10 +233,10 @@ def _iterative_auth_checks(
     (``overlay`` over ``base``, updated in place), taking auth events missing
     from that state from the event's own ``auth_events``."""
     version = graph.version
-    events = graph.events
+    key_of = graph.key_of
     for eid in event_ids:
         event = graph.get(eid)
-        key = state_key_of(event)
+        key = key_of(eid)
         if key is None:
             continue
         if key == CREATE_KEY:
@@ -245,11 +247,9 @@ def _iterative_auth_checks(
         # ID against it, and the ID is the key the event came under.
         chosen: dict[StateKey, str] = {}
         for aid in graph.auth_ids(eid):
-            aev = events.get(aid)
-            if aev is not None:
-                akey = state_key_of(aev)
-                if akey is not None:
-                    chosen[akey] = aid
+            akey = key_of(aid)
+            if akey is not None:
+                chosen[akey] = aid
         for akey in auth_types_with(version, event):
             current = overlay.get(akey)
             if current is None:
@@ -299,16 +299,10 @@ def _mainline_sort(graph: EventGraph, event_ids: list[str], pl_id: str | None) -
             if current in walked:
                 break
         for w in walked:
-            if graph.events.get(w) is not None and state_key_of(graph.get(w)) == POWER_LEVELS_KEY:
+            if graph.key_of(w) == POWER_LEVELS_KEY:
                 depth_of[w] = depth
         return depth
 
     keyed = [(mainline_depth(eid), graph.origin_server_ts(eid), eid) for eid in event_ids]
     keyed.sort()
     return [k[2] for k in keyed]
-
-
-def check_complete(graph: EventGraph, ids: Iterable[str]) -> None:
-    missing = {eid for eid in ids if eid not in graph.events}
-    if missing:
-        raise missing_error(missing)

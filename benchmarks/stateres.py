@@ -1,0 +1,280 @@
+"""Benchmark fedlib.state.resolve on a generated forked room, optionally against Synapse.
+
+    python benchmarks/stateres.py --members 10000 --conflicted 2 --branches 2 --seed 1
+    python benchmarks/stateres.py --members 10000 --compare synapse
+
+The room (tests/fixtures/stateres_rooms.py ``big_room``) is deterministic for a
+seed: ``--members`` joins, then ``--branches`` lines of history that change about
+``--conflicted`` % of the members' state between them. PDUs are complete with
+real event IDs (reference hashes from room v3 on) and content hashes; the
+signature is a fixed placeholder, which state resolution never reads.
+
+Each run resolves from the plain PDU dicts with nothing carried over between
+runs; the median of ``--runs`` runs is reported, in CPU time (``process_time``:
+steady on a machine shared with other work) and wall-clock time. The speed
+ratio is of CPU medians.
+
+``--compare synapse`` runs Synapse's ``resolve_events_with_store`` on the same
+room in a subprocess of the Synapse virtualenv (``FEDLIB_SYNAPSE_VENV``, default
+/work/synapse-venv): the subprocess generates the room itself with the same seed
+and both sides check a digest of the input. Synapse's store is an in-memory shim
+that turns PDU dicts into Synapse events on first use in each run (that cost is
+counted, as fedlib's parsing is) and computes the auth chain difference by
+walking the auth DAG in Python, which Synapse's database would answer from its
+chain cover index; Synapse's time is therefore shown with and without the time
+spent in that shim method, and the speed ratio uses the time without it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import hashlib
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from tests.fixtures.stateres_rooms import big_room  # noqa: E402
+
+State = dict[tuple[str, str], str]
+
+
+def digest_state(state: State) -> str:
+    rows = sorted([k[0], k[1], v] for k, v in state.items())
+    return hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:16]
+
+
+def digest_input(events: dict[str, Any], sets: list[State]) -> str:
+    h = hashlib.sha256()
+    for eid in sorted(events):
+        h.update(eid.encode())
+    for s in sets:
+        h.update(digest_state(s).encode())
+    return h.hexdigest()[:16]
+
+
+def build(args: argparse.Namespace) -> tuple[dict[str, Any], list[State]]:
+    return big_room(
+        args.room_version,
+        args.seed,
+        members=args.members,
+        conflicted_percent=args.conflicted,
+        branches=args.branches,
+    )
+
+
+def time_runs(fn: Any, runs: int) -> tuple[list[float], list[float]]:
+    """Wall-clock and CPU seconds of each run. The CPU time (``process_time``)
+    is the steadier figure on a machine shared with other work."""
+    wall, cpu = [], []
+    for _ in range(runs):
+        gc.collect()
+        start_wall, start_cpu = time.perf_counter(), time.process_time()
+        fn()
+        cpu.append(time.process_time() - start_cpu)
+        wall.append(time.perf_counter() - start_wall)
+    return wall, cpu
+
+
+def run_fedlib(args: argparse.Namespace) -> None:
+    from fedlib.state import resolve
+
+    start = time.perf_counter()
+    events, sets = build(args)
+    gen_s = time.perf_counter() - start
+    conflicted = {k for k in set().union(*sets) if len({s.get(k) for s in sets}) > 1}
+    print(
+        f"room v{args.room_version}: {args.members} members, {len(events)} events, "
+        f"{len(conflicted)} conflicted keys over {args.branches} branches "
+        f"(generated in {gen_s:.1f} s)"
+    )
+    result: State = {}
+
+    def once() -> None:
+        nonlocal result
+        result = resolve(args.room_version, sets, events)
+
+    wall, cpu = time_runs(once, args.runs)
+    median_ms = statistics.median(cpu) * 1000
+    print(
+        f"fedlib.state.resolve: median {median_ms:.2f} ms CPU "
+        f"({statistics.median(wall) * 1000:.2f} ms wall), min {min(cpu) * 1000:.2f} ms CPU"
+    )
+    if args.compare != "synapse":
+        return
+    venv = os.environ.get("FEDLIB_SYNAPSE_VENV", "/work/synapse-venv")
+    cmd = [os.path.join(venv, "bin", "python"), os.path.abspath(__file__), "--synapse-worker"]
+    for name in ("members", "conflicted", "branches", "seed", "runs", "room_version"):
+        cmd += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    theirs = json.loads(out.strip().splitlines()[-1])
+    same_input = theirs["input"] == digest_input(events, sets)
+    same_result = theirs["result"] == digest_state(result)
+    print(
+        f"synapse resolve_events_with_store: median {theirs['median_ms']:.2f} ms CPU "
+        f"({theirs['median_excl_ms']:.2f} ms without the shim's auth chain difference; "
+        f"{theirs['median_wall_ms']:.2f} ms wall)"
+    )
+    print(f"same input: {same_input}; identical result: {same_result}")
+    print(
+        f"speed-up: {theirs['median_excl_ms'] / median_ms:.1f}x "
+        f"({theirs['median_ms'] / median_ms:.1f}x counting the shim)"
+    )
+    if not (same_input and same_result):
+        sys.exit(1)
+
+
+def drive(coro: Any) -> Any:
+    """Run a coroutine that never really suspends (the in-memory store answers
+    at once), without an event loop's overhead on the measured time."""
+    try:
+        while True:
+            coro.send(None)
+    except StopIteration as done:
+        return done.value
+
+
+def run_synapse_worker(args: argparse.Namespace) -> None:
+    import synapse.event_auth  # noqa: F401  (imported first: breaks an import cycle)
+    from synapse.api.room_versions import KNOWN_ROOM_VERSIONS
+    from synapse.events import make_event_from_dict
+    from synapse.state import v1 as synapse_v1
+    from synapse.state import v2 as synapse_v2
+    from synapse.storage.databases.main.event_federation import StateDifference
+
+    events, sets = build(args)
+    rv = KNOWN_ROOM_VERSIONS[args.room_version]
+    v1_format = args.room_version in ("1", "2")
+
+    class Clock:
+        async def sleep(self, duration: Any) -> None:
+            return None
+
+    class Store:
+        def __init__(self) -> None:
+            self.converted: dict[str, Any] = {}
+            self.diff_s = 0.0  # CPU seconds in get_auth_chain_difference
+
+        def event(self, eid: str) -> Any:
+            ev = self.converted.get(eid)
+            if ev is None:
+                ev = self.converted[eid] = make_event_from_dict(dict(events[eid]), rv)
+            return ev
+
+        async def get_events(self, ids: Any, allow_rejected: bool = False) -> dict[str, Any]:
+            return {eid: self.event(eid) for eid in ids if eid in events}
+
+        async def get_auth_chain_difference(
+            self, room_id: str, state_sets: Any, conflicted: Any, extra: Any
+        ) -> Any:
+            start = time.process_time()
+            create = "$" + room_id[1:] if rv.identifier == "12" else None
+            chains = []
+            for s in state_sets:
+                seen = set(s)
+                stack = list(seen)
+                while stack:
+                    pdu = events[stack.pop()]
+                    auth = pdu["auth_events"]
+                    ids = [a[0] for a in auth] if v1_format else list(auth)
+                    if create is not None and pdu["type"] != "m.room.create":
+                        ids.append(create)
+                    for aid in ids:
+                        if aid not in seen:
+                            seen.add(aid)
+                            stack.append(aid)
+                chains.append(seen)
+            diff = set().union(*chains) - chains[0].intersection(*chains[1:])
+            subgraph = None
+            if conflicted is not None:
+                subgraph = _subgraph(conflicted)
+            self.diff_s += time.process_time() - start
+            return StateDifference(auth_difference=diff, conflicted_subgraph=subgraph)
+
+    def _subgraph(conflicted: set[str]) -> set[str]:
+        # Ancestors of conflicted events that are also descendants of one.
+        back = set(conflicted)
+        stack = list(back)
+        citers: dict[str, set[str]] = {}
+        while stack:
+            eid = stack.pop()
+            pdu = events[eid]
+            auth = pdu["auth_events"]
+            ids = [a[0] for a in auth] if v1_format else list(auth)
+            if rv.identifier == "12" and pdu["type"] != "m.room.create":
+                ids.append("$" + pdu["room_id"][1:])
+            for aid in ids:
+                citers.setdefault(aid, set()).add(eid)
+                if aid not in back:
+                    back.add(aid)
+                    stack.append(aid)
+        fwd = set(conflicted)
+        stack = list(fwd)
+        while stack:
+            for c in citers.get(stack.pop(), ()):
+                if c not in fwd:
+                    fwd.add(c)
+                    stack.append(c)
+        return back & fwd
+
+    room_id = events[next(iter(sets[0].values()))].get("room_id") or ""
+    if not room_id:
+        room_id = "!" + next(iter(sets[0].values()))[1:]
+    result: dict[Any, str] = {}
+    excl: list[float] = []
+
+    def once() -> None:
+        nonlocal result
+        store = Store()
+        if args.room_version == "1":
+
+            async def factory(ids: Any) -> Any:
+                return await store.get_events(ids)
+
+            coro = synapse_v1.resolve_events_with_store(room_id, rv, sets, None, factory)
+        else:
+            coro = synapse_v2.resolve_events_with_store(Clock(), room_id, rv, sets, None, store)
+        start = time.process_time()
+        result = dict(drive(coro))
+        excl.append(time.process_time() - start - store.diff_s)
+
+    wall, cpu = time_runs(once, args.runs)
+    print(
+        json.dumps(
+            {
+                "input": digest_input(events, sets),
+                "result": digest_state(result),
+                "median_ms": statistics.median(cpu) * 1000,
+                "median_wall_ms": statistics.median(wall) * 1000,
+                "median_excl_ms": statistics.median(excl) * 1000,
+            }
+        )
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--members", type=int, default=10_000)
+    parser.add_argument("--conflicted", type=float, default=2.0, help="percent of members")
+    parser.add_argument("--branches", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--runs", type=int, default=9)
+    parser.add_argument("--room-version", default="10")
+    parser.add_argument("--compare", choices=("synapse",))
+    parser.add_argument("--synapse-worker", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.synapse_worker:
+        run_synapse_worker(args)
+    else:
+        run_fedlib(args)
+
+
+if __name__ == "__main__":
+    main()
