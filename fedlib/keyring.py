@@ -400,7 +400,8 @@ class Keyring:
             if not isinstance(entry, dict) or entry.get("server_name") != server_name:
                 continue
             try:
-                sigs = entry.get("signatures", {}).get(notary.server_name, {})
+                all_sigs = entry.get("signatures")
+                sigs = all_sigs.get(notary.server_name) if isinstance(all_sigs, dict) else None
                 if not isinstance(sigs, dict) or not sigs:
                     raise SignatureError(f"not signed by notary {notary.server_name}")
                 notary_keys = await self._notary_keys(notary, list(sigs))

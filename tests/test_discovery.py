@@ -456,3 +456,24 @@ class CancellationTests(unittest.TestCase):
         self.assertEqual(self.successResultOf(d2).delegated_name, "x.example:2")
         # The answer was cached despite the cancelled caller.
         self.assertEqual(self.successResultOf(r.resolve("example.org")).port, 2)
+
+
+class HostileDnsTests(unittest.TestCase):
+    def test_garbage_srv_targets_are_skipped(self) -> None:
+        fake = FakeDNS(
+            {
+                "_matrix-fed._tcp.example.org": [
+                    (0, 0, 1, b"\xff\xfe.example"),
+                    (0, 0, 0, b"zero-port.example"),
+                    (1, 0, 2, b"good.example."),
+                ]
+            }
+        )
+        r = ServerResolver(fake, FakeFetcher(), task.Clock())
+        res = self.successResultOf(r.resolve("example.org"))
+        self.assertEqual(res.targets, (Target("good.example", 2),))
+
+    def test_only_garbage_falls_back(self) -> None:
+        fake = FakeDNS({"_matrix-fed._tcp.example.org": [(0, 0, 1, b"bad name")]})
+        r = ServerResolver(fake, FakeFetcher(), task.Clock())
+        self.assertEqual(self.successResultOf(r.resolve("example.org")).method, Method.DEFAULT_PORT)

@@ -347,6 +347,23 @@ class NotaryTests(KeyringTestBase):
         )
         self.assertEqual(self.client.direct_calls.count(REMOTE), 2)
 
+    def test_junk_entries_are_clean_errors(self) -> None:
+        good = self.cosigned(self.response(self.key, NOW_MS + DAY_MS))
+        junk = [
+            {"server_name": REMOTE, "signatures": ["not", "a", "dict"]},
+            {"server_name": REMOTE, "signatures": {NOTARY: "x"}},
+            {"server_name": REMOTE},
+            "not an object",
+        ]
+        self.client.notary[NOTARY] = junk
+        kr = self.keyring(notaries=[self.pinned], fetch_directly=False)
+        f = self.failureResultOf(kr.get_verify_keys(REMOTE, ["ed25519:k1"]), SignatureError)
+        self.assertNotIn("AttributeError", f.value.msg)
+        # Junk next to a good entry does not hide it.
+        self.clock.advance(60)
+        self.client.notary[NOTARY] = [*junk, good]
+        self.assertTrue(self.successResultOf(kr.get_verify_keys(REMOTE, ["ed25519:k1"])))
+
 
 class ServingKeysTests(unittest.TestCase):
     def test_build_server_keys_response(self) -> None:

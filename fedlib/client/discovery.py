@@ -51,6 +51,8 @@ WELL_KNOWN_MAX_CACHE = 48 * 3600.0
 #: "up to an hour ... exponentially back off for repeated failures").
 WELL_KNOWN_FAILURE_CACHE_FIRST = 2 * 60.0
 WELL_KNOWN_FAILURE_CACHE_MAX = 3600.0
+#: Most SRV targets kept for one name.
+MAX_SRV_TARGETS = 16
 #: Most server names whose well-known answer is remembered.
 WELL_KNOWN_CACHE_ENTRIES = 10_000
 
@@ -347,7 +349,7 @@ class ServerResolver:
             steps.append(detail)
             if records:
                 ordered = order_srv_records(records, self._rng)
-                return tuple(Target(str(r.target.name, "ascii"), r.port) for r in ordered), method
+                return tuple(Target(_srv_target(r) or "", r.port) for r in ordered), method
         steps.append(f"no SRV record: connect to {host} port {DEFAULT_PORT}")
         return (
             (Target(host, DEFAULT_PORT),),
@@ -377,13 +379,13 @@ class ServerResolver:
             for a in answers
             if a.type == dns.SRV and isinstance(a.payload, dns.Record_SRV)
         ]
-        # A lone "." target means "service decidedly not available here" (RFC 2782).
-        records = [r for r in records if str(r.target.name, "ascii") not in ("", ".")]
+        # A lone "." target means "service decidedly not available here" (RFC 2782);
+        # a target that is not a host name is unusable (DNS answers are remote input).
+        records = [r for r in records if _srv_target(r) is not None][:MAX_SRV_TARGETS]
         if not records:
             return [], f"SRV {name}: no usable record"
         shown = ", ".join(
-            f"{str(r.target.name, 'ascii')}:{r.port} (priority {r.priority}, weight {r.weight})"
-            for r in records
+            f"{_srv_target(r)}:{r.port} (priority {r.priority}, weight {r.weight})" for r in records
         )
         return records, f"SRV {name}: {shown}"
 
@@ -507,3 +509,11 @@ class ServerResolver:
 
 class _WellKnownInvalid(Exception):
     pass
+
+
+def _srv_target(record: dns.Record_SRV) -> str | None:
+    """The SRV record's target host, or ``None`` when it is "." or not a host name."""
+    name = record.target.name.decode("ascii", errors="replace").rstrip(".")
+    if not name or not _HOSTNAME_RE.match(name) or not 0 < record.port < 65536:
+        return None
+    return name
