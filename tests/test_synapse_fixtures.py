@@ -16,12 +16,14 @@ from unpaddedbase64 import encode_base64
 from fedlib.crypto import keys, signing
 from fedlib.errors import SignatureError
 from fedlib.events import hashing, redaction
+from fedlib.events.event import Event
 from fedlib.events.room_versions import (
     KNOWN_ROOM_VERSIONS,
     EventFormat,
     RedactionRules,
     StateResAlgorithm,
 )
+from fedlib.events.validation import validate_pdu
 
 FIXTURES = json.loads(
     (Path(__file__).parent / "fixtures" / "synapse_events.json").read_text(encoding="utf-8")
@@ -125,3 +127,13 @@ class SynapseFixtureTests(unittest.TestCase):
                 self.assertRaises(
                     SignatureError, signing.verify_event_signatures, version, event, verify_keys
                 )
+
+    def test_fixed_cases_are_valid_pdus(self) -> None:
+        fixed = [(label, c) for label, c in self._each() if not c["name"].startswith("random_")]
+        self.assertEqual(len(fixed), 12 * 12)
+        for label, case in fixed:
+            event = self._signed(case)
+            validate_pdu(case["room_version"], event)
+            self.assertEqual(
+                Event.from_pdu(case["room_version"], event).event_id, case["event_id"], label
+            )
