@@ -130,7 +130,8 @@ class EventGraph:
         """The reflexive auth closure of ``roots``: the roots and every event
         reachable from them through auth links."""
         seen = set(roots)
-        return self._levels(seen, seen, None)
+        closure: set[str] = self._levels(seen, seen, None)
+        return closure
 
     def reached_targets(
         self, roots: Iterable[str], targets: set[str], known_elsewhere: set[str]
@@ -154,8 +155,8 @@ class EventGraph:
         # misses.
         frontier = roots if isinstance(roots, Sequence | ValuesView) else list(roots)
         seen = set(known_elsewhere)
-        left = self._levels(frontier, seen, remaining)
-        return (targets - left) if left is not None else set(targets)
+        left: set[str] = self._levels(frontier, seen, remaining)
+        return targets - left
 
     def _levels(self, frontier: Iterable[str], seen: set[str], remaining: set[str] | None) -> Any:
         """Breadth-first over auth links, level by level with C-level ``map`` and
