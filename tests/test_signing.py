@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 from typing import Any
@@ -343,3 +344,27 @@ class KeyFileTests(unittest.TestCase):
         for bad in ("ed25519", ":a", "ed25519:", "ed25519:a-b"):
             self.assertRaises(SignatureError, keys.split_key_id, bad)
         self.assertRaises(ValueError, keys.generate_signing_key, "bad version")
+
+
+class JunkEventTests(unittest.TestCase):
+    @settings(max_examples=100)
+    @given(room_versions, json_objects, st.data())
+    def test_junk_raises_only_signature_error(
+        self, version: str, junk: dict[str, Any], data: st.DataObject
+    ) -> None:
+        # Real keys for the named servers, so verification gets as far as it can.
+        event = dict(junk)
+        if data.draw(st.booleans()):
+            event["sender"] = data.draw(st.sampled_from(["@u:example.org", "@u:", 5, None]))
+        if data.draw(st.booleans()):
+            event["signatures"] = data.draw(
+                json_values
+                | st.fixed_dictionaries(
+                    {"example.org": st.dictionaries(st.just("ed25519:1"), json_values)}
+                )
+            )
+        if data.draw(st.booleans()):
+            event["hashes"] = data.draw(json_values)
+        with contextlib.suppress(SignatureError):
+            signing.verify_event_signatures(version, event, _KEYS)
+        self.assertIsInstance(check_content_hash(event), bool)
