@@ -32,7 +32,7 @@ from fedlib.crypto.request_auth import sign_request
 from fedlib.hooks import NullHooks
 from fedlib.server.config import ServerConfig
 from fedlib.server.resource import build_resource, build_site
-from fedlib.storage.interface import EventStatus, PersistItem
+from fedlib.storage.interface import EventStatus, PersistItem, StateRef
 from fedlib.storage.sqlite import SqliteStore
 from tests.server_helpers import FakeKeyring, Remote, RoomBuilder
 
@@ -45,17 +45,19 @@ def rss_mib() -> float:
 
 
 async def persist_room(store: Any, rb: RoomBuilder, batch: int = 2000) -> None:
+    """Store a linear room as accepted, each event's state given by reference to the
+    previous event (a full map per event would be quadratic)."""
     await store.store_room(rb.room_id, rb.version)
-    state: dict[tuple[str, str], str] = {}
     items: list[PersistItem] = []
+    prev: str | None = None
     for event_id, ev in rb.events.items():
+        before: Any = {} if prev is None else StateRef(prev)
         items.append(
             PersistItem(
-                event=ev, event_id=event_id, status=EventStatus.ACCEPTED, state_before=dict(state)
+                event=ev, event_id=event_id, status=EventStatus.ACCEPTED, state_before=before
             )
         )
-        if "state_key" in ev:
-            state[(ev["type"], ev["state_key"])] = event_id
+        prev = event_id
         if len(items) >= batch:
             await store.persist_events(rb.room_id, items)
             items = []
