@@ -52,7 +52,8 @@ class TLSTestBase(unittest.TestCase):
             ca_bundle=self.ca.path, host_overrides={"fed.test": "127.0.0.1"}, get_retries=0
         )
         options.update(kwargs)
-        client = FederationClient(ORIGIN, KEY, reactor, **options)
+        the_reactor = options.pop("reactor", reactor)
+        client = FederationClient(ORIGIN, KEY, the_reactor, **options)
         self.addCleanup(client.agent.pool.closeCachedConnections)  # type: ignore[attr-defined]
         return client
 
@@ -536,3 +537,115 @@ class DiscoveryThroughClientTests(unittest.TestCase):
         d = client.query_profile("slow.example", "@u:slow.example")
         clock.advance(6)
         self.failureResultOf(d, RequestTimeoutError)
+
+
+class BlocklistTests(TLSTestBase):
+    def test_ranges(self) -> None:
+        from fedlib.client.agent import IPBlocklist
+
+        bl = IPBlocklist()
+        for ip in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "192.168.1.1",
+            "::1",
+            "::ffff:127.0.0.1",
+            "fe80::1",
+            "169.254.169.254",
+            "not-an-ip",
+        ]:
+            self.assertTrue(bl.is_blocked(ip), ip)
+        for ip in ["93.184.216.34", "2606:4700::1"]:
+            self.assertFalse(bl.is_blocked(ip), ip)
+        self.assertFalse(IPBlocklist(allowed=["127.0.0.0/8"]).is_blocked("127.0.0.1"))
+
+    async def test_blocked_destinations_are_not_contacted(self) -> None:
+        from fedlib.client.agent import IPBlocklist
+
+        self.server.route("/_matrix/federation/v1/version", lambda r: VERSION)
+        client = self.make_client(ip_blocklist=IPBlocklist())
+        for dest in (self.ip_dest, self.dns_dest):  # literal, and a name overridden to loopback
+            with self.assertRaises(FederationRequestError) as cm:
+                await client.version(dest)
+            self.assertEqual((cm.exception.code, cm.exception.errcode), (403, "M_FORBIDDEN"))
+        self.assertEqual(self.server.requests, [])
+        allowed = self.make_client(ip_blocklist=IPBlocklist(allowed=["127.0.0.1/32"]))
+        self.assertEqual(await allowed.version(self.ip_dest), VERSION["server"])
+
+    def test_dns_answers_are_filtered(self) -> None:
+        from twisted.internet.address import IPv4Address, IPv6Address
+
+        from fedlib.client.agent import IPBlocklist, _FilteringResolver
+
+        class FakeResolver:
+            def resolveHostName(self, receiver: Any, host: str, *args: Any) -> Any:
+                receiver.resolutionBegan(None)
+                receiver.addressResolved(IPv4Address("TCP", "10.0.0.7", 443))
+                receiver.addressResolved(IPv6Address("TCP", "::1", 443))
+                receiver.addressResolved(IPv4Address("TCP", "93.184.216.34", 443))
+                receiver.resolutionComplete()
+                return None
+
+        got: list[str] = []
+
+        class Receiver:
+            def resolutionBegan(self, r: Any) -> None:
+                pass
+
+            def addressResolved(self, a: Any) -> None:
+                got.append(a.host)
+
+            def resolutionComplete(self) -> None:
+                got.append("done")
+
+        _FilteringResolver(FakeResolver(), IPBlocklist()).resolveHostName(
+            Receiver(), "x.example", 443
+        )
+        self.assertEqual(got, ["93.184.216.34", "done"])
+
+
+class _HostsResolver:
+    """An IHostnameResolver answering from a dict (no DNS traffic)."""
+
+    def __init__(self, hosts: dict[str, str]) -> None:
+        self.hosts = hosts
+        self.asked: list[str] = []
+
+    def resolveHostName(
+        self,
+        receiver: Any,
+        host: str,
+        port: int = 0,
+        addressTypes: Any = None,
+        transportSemantics: str = "TCP",
+    ) -> Any:
+        from twisted.internet.address import IPv4Address
+
+        self.asked.append(host)
+        receiver.resolutionBegan(None)
+        if host in self.hosts:
+            receiver.addressResolved(IPv4Address("TCP", self.hosts[host], port))
+        receiver.resolutionComplete()
+        return None
+
+
+class ResolvedNameBlocklistTests(TLSTestBase):
+    async def test_blocklist_applies_to_resolved_names(self) -> None:
+        from fedlib.client.agent import IPBlocklist, _ReactorWithResolver
+
+        self.server.route("/_matrix/federation/v1/version", lambda r: VERSION)
+        hosts = _HostsResolver({"fed.test": "127.0.0.1"})
+        fake_dns_reactor = _ReactorWithResolver(reactor, hosts)
+        blocked = self.make_client(
+            host_overrides={}, ip_blocklist=IPBlocklist(), reactor=fake_dns_reactor
+        )
+        with self.assertRaises(FederationRequestError):
+            await blocked.version(self.dns_dest)
+        self.assertEqual(self.server.requests, [])
+        allowed = self.make_client(
+            host_overrides={},
+            ip_blocklist=IPBlocklist(allowed=["127.0.0.0/8"]),
+            reactor=fake_dns_reactor,
+        )
+        self.assertEqual(await allowed.version(self.dns_dest), VERSION["server"])
+        self.assertEqual(hosts.asked, ["fed.test", "fed.test"])

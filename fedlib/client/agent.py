@@ -14,7 +14,7 @@ the resolution's ``tls_server_name``, and keeps connections in an
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +22,11 @@ from OpenSSL import SSL
 from twisted.internet import defer
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.interfaces import (
+    IHostnameResolver,
     IOpenSSLClientConnectionCreator,
     IProtocolFactory,
+    IReactorPluggableNameResolver,
+    IResolutionReceiver,
     IStreamClientEndpoint,
 )
 from twisted.internet.protocol import Protocol
@@ -69,6 +72,145 @@ SCHEME = b"matrix-federation"
 CONNECT_TIMEOUT = 10.0
 
 _warned_insecure = False
+
+
+#: Address ranges a federation server should not be made to connect to by remote
+#: input (server names in events, notary queries...): private, loopback,
+#: link-local, multicast and reserved networks. Opt in with ``IPBlocklist()``.
+DEFAULT_BLOCKED_RANGES: tuple[str, ...] = (
+    "0.0.0.0/8",
+    "10.0.0.0/8",
+    "100.64.0.0/10",
+    "127.0.0.0/8",
+    "169.254.0.0/16",
+    "172.16.0.0/12",
+    "192.0.0.0/24",
+    "192.0.2.0/24",
+    "192.88.99.0/24",
+    "192.168.0.0/16",
+    "198.18.0.0/15",
+    "198.51.100.0/24",
+    "203.0.113.0/24",
+    "224.0.0.0/4",
+    "240.0.0.0/4",
+    "::1/128",
+    "::/128",
+    "::ffff:0:0/96",
+    "64:ff9b::/96",
+    "100::/64",
+    "2001:db8::/32",
+    "fc00::/7",
+    "fe80::/10",
+    "ff00::/8",
+)
+
+
+class BlockedAddressError(Exception):
+    """Every address of a destination is in a blocked range."""
+
+
+class IPBlocklist:
+    """Which IP addresses outbound connections may not reach.
+
+    :param blocked: CIDR ranges refused (default: :data:`DEFAULT_BLOCKED_RANGES`).
+    :param allowed: CIDR ranges allowed even inside a blocked range.
+    """
+
+    def __init__(
+        self, blocked: Sequence[str] = DEFAULT_BLOCKED_RANGES, allowed: Sequence[str] = ()
+    ) -> None:
+        self._blocked = [ipaddress.ip_network(n) for n in blocked]
+        self._allowed = [ipaddress.ip_network(n) for n in allowed]
+
+    def is_blocked(self, address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address.split("%", 1)[0])
+        except ValueError:
+            return True  # not an address at all: refuse rather than guess
+        if any(ip in n for n in self._allowed):
+            return False
+        return any(ip in n for n in self._blocked)
+
+
+@implementer(IResolutionReceiver)
+class _FilteringReceiver:
+    def __init__(self, outer: Any, blocklist: IPBlocklist, host: str) -> None:
+        self._outer = outer
+        self._blocklist = blocklist
+        self._host = host
+        self._dropped = 0
+
+    def resolutionBegan(self, resolutionInProgress: Any) -> None:
+        self._outer.resolutionBegan(resolutionInProgress)
+
+    def addressResolved(self, address: Any) -> None:
+        if self._blocklist.is_blocked(getattr(address, "host", "")):
+            self._dropped += 1
+            return
+        self._outer.addressResolved(address)
+
+    def resolutionComplete(self) -> None:
+        if self._dropped:
+            log.info("Dropped {n} blocked address(es) of {host}", n=self._dropped, host=self._host)
+        self._outer.resolutionComplete()
+
+
+@implementer(IHostnameResolver)
+class _FilteringResolver:
+    """Resolves like the reactor but drops blocked addresses."""
+
+    def __init__(self, real: Any, blocklist: IPBlocklist) -> None:
+        self._real = real
+        self._blocklist = blocklist
+
+    def resolveHostName(
+        self,
+        resolutionReceiver: Any,
+        hostName: str,
+        portNumber: int = 0,
+        addressTypes: Any = None,
+        transportSemantics: str = "TCP",
+    ) -> Any:
+        return self._real.resolveHostName(
+            _FilteringReceiver(resolutionReceiver, self._blocklist, hostName),
+            hostName,
+            portNumber,
+            addressTypes,
+            transportSemantics,
+        )
+
+
+@implementer(IReactorPluggableNameResolver)
+class _ReactorWithResolver:
+    """The reactor, seen through a different name resolver (for HostnameEndpoint)."""
+
+    def __init__(self, reactor: Any, resolver: Any) -> None:
+        self._reactor = reactor
+        self.nameResolver = resolver
+
+    def installNameResolver(self, resolver: Any) -> Any:
+        raise NotImplementedError("read-only view of the reactor")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._reactor, name)
+
+
+def _endpoint(
+    reactor: Any,
+    host: str,
+    port: int,
+    timeout: float,
+    blocklist: IPBlocklist | None,
+) -> Any:
+    """A HostnameEndpoint that honours ``blocklist`` for literals and DNS answers."""
+    if blocklist is None:
+        return HostnameEndpoint(reactor, host, port, timeout=timeout)
+    if _is_ip(host):
+        if blocklist.is_blocked(host):
+            raise BlockedAddressError(f"{host} is in a blocked address range")
+        return HostnameEndpoint(reactor, host, port, timeout=timeout)
+    view = _ReactorWithResolver(reactor, _FilteringResolver(reactor.nameResolver, blocklist))
+    return HostnameEndpoint(view, host, port, timeout=timeout)
 
 
 class ResponseTooLargeError(Exception):
@@ -177,8 +319,10 @@ class _FailoverEndpoint:
         tls: TLSOptions,
         connect_timeout: float,
         host_overrides: Mapping[str, str],
+        blocklist: IPBlocklist | None = None,
     ) -> None:
         self._reactor = reactor
+        self._blocklist = blocklist
         self._resolution = resolution
         self._tls = tls
         self._timeout = connect_timeout
@@ -189,11 +333,11 @@ class _FailoverEndpoint:
         creator = self._tls.creator_for(self._resolution.tls_server_name)
         for target in self._resolution.targets:
             host = self._overrides.get(target.host, target.host)
-            endpoint = wrapClientTLS(
-                creator,
-                HostnameEndpoint(self._reactor, host, target.port, timeout=self._timeout),
-            )
             try:
+                endpoint = wrapClientTLS(
+                    creator,
+                    _endpoint(self._reactor, host, target.port, self._timeout, self._blocklist),
+                )
                 return await endpoint.connect(factory)
             except defer.CancelledError:
                 raise
@@ -228,6 +372,8 @@ class MatrixFederationAgent:
     :param host_overrides: maps host names to IP addresses to connect to instead
         of resolving them (like ``/etc/hosts``; the Host header and the TLS name
         are unchanged).
+    :param ip_blocklist: refuse to connect to these addresses (IP literals and DNS
+        answers alike); ``None`` allows everything.
     """
 
     def __init__(
@@ -239,8 +385,10 @@ class MatrixFederationAgent:
         pool: HTTPConnectionPool | None = None,
         connect_timeout: float = CONNECT_TIMEOUT,
         host_overrides: Mapping[str, str] | None = None,
+        ip_blocklist: IPBlocklist | None = None,
     ) -> None:
         self._reactor = reactor
+        self._blocklist = ip_blocklist
         self.resolver = resolver
         self.tls = tls if tls is not None else TLSOptions()
         if pool is None:
@@ -262,6 +410,7 @@ class MatrixFederationAgent:
             self.tls,
             self._connect_timeout,
             self._overrides,
+            self._blocklist,
         )
 
     async def _request(
@@ -361,8 +510,14 @@ def headers_dict(headers: Headers) -> dict[str, str]:
 @implementer(IAgentEndpointFactory)
 class _WebEndpointFactory:
     def __init__(
-        self, reactor: Any, policy: IPolicyForHTTPS, timeout: float, overrides: Mapping[str, str]
+        self,
+        reactor: Any,
+        policy: IPolicyForHTTPS,
+        timeout: float,
+        overrides: Mapping[str, str],
+        blocklist: IPBlocklist | None,
     ) -> None:
+        self._blocklist = blocklist
         self._reactor = reactor
         self._policy = policy
         self._timeout = timeout
@@ -375,8 +530,12 @@ class _WebEndpointFactory:
         creator = self._policy.creatorForNetloc(uri.host, uri.port)
         return wrapClientTLS(
             creator,
-            HostnameEndpoint(
-                self._reactor, self._overrides.get(host, host), uri.port, timeout=self._timeout
+            _endpoint(
+                self._reactor,
+                self._overrides.get(host, host),
+                uri.port,
+                self._timeout,
+                self._blocklist,
             ),
         )
 
@@ -393,12 +552,15 @@ class HttpsWellKnownFetcher:
         tls: TLSOptions | None = None,
         connect_timeout: float = CONNECT_TIMEOUT,
         host_overrides: Mapping[str, str] | None = None,
+        ip_blocklist: IPBlocklist | None = None,
     ) -> None:
         tls = tls if tls is not None else TLSOptions()
         pool = HTTPConnectionPool(reactor, persistent=False)  # type: ignore[no-untyped-call]
         self._agent = Agent.usingEndpointFactory(  # type: ignore[no-untyped-call]
             reactor,
-            _WebEndpointFactory(reactor, tls.web_policy(), connect_timeout, host_overrides or {}),
+            _WebEndpointFactory(
+                reactor, tls.web_policy(), connect_timeout, host_overrides or {}, ip_blocklist
+            ),
             pool,
         )
 

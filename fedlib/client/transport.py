@@ -28,7 +28,9 @@ from zope.interface import Interface, implementer
 
 from fedlib.canonical import decode_json, encode_canonical_json
 from fedlib.client.agent import (
+    BlockedAddressError,
     HttpsWellKnownFetcher,
+    IPBlocklist,
     MatrixFederationAgent,
     ResponseTooLargeError,
     TLSOptions,
@@ -287,6 +289,8 @@ def _transport_error(e: Exception, destination: str, what: str, timed_out: bool)
         return InvalidResponseError(destination, str(e))
     if isinstance(e, TruncatedResponseError):
         return InvalidResponseError(destination, str(e)[:200])
+    if isinstance(e, BlockedAddressError):
+        return FederationRequestError(destination, str(e), code=403, errcode="M_FORBIDDEN")
     if isinstance(e, DiscoveryError):
         return FederationRequestError(destination, f"cannot resolve: {e.msg}")
     if isinstance(e, MatrixError):
@@ -314,6 +318,9 @@ class FederationClient:
     :param verify_tls: check certificates (on by default; ``False`` only for loopback tests).
     :param ca_bundle: PEM file of trusted CAs instead of the platform's.
     :param host_overrides: host name to IP address map applied when connecting.
+    :param ip_blocklist: addresses never connected to (e.g. ``IPBlocklist()`` for
+        private and loopback ranges, so remote input cannot aim us at internal
+        services); ``None``, the default, allows all.
     :param backoff: where per-destination backoff is kept; defaults to ``store`` when it
         provides ``get_destination_retry``/``set_destination_retry``, else memory.
     :param clock: time source for timeouts, retries and backoff (default: ``reactor``).
@@ -332,6 +339,7 @@ class FederationClient:
         verify_tls: bool = True,
         ca_bundle: str | None = None,
         host_overrides: Mapping[str, str] | None = None,
+        ip_blocklist: IPBlocklist | None = None,
         backoff: IDestinationBackoff | None = None,
         store: Any = None,
         clock: IReactorTime | None = None,
@@ -348,10 +356,16 @@ class FederationClient:
             tls = TLSOptions(verify_tls=verify_tls, ca_bundle=ca_bundle)
             if resolver is None:
                 fetcher = well_known_fetcher or HttpsWellKnownFetcher(
-                    reactor, tls=tls, host_overrides=host_overrides
+                    reactor, tls=tls, host_overrides=host_overrides, ip_blocklist=ip_blocklist
                 )
                 resolver = ServerResolver(dns_resolver, fetcher, self._clock)
-            agent = MatrixFederationAgent(reactor, resolver, tls=tls, host_overrides=host_overrides)
+            agent = MatrixFederationAgent(
+                reactor,
+                resolver,
+                tls=tls,
+                host_overrides=host_overrides,
+                ip_blocklist=ip_blocklist,
+            )
         self.agent = agent
         if backoff is None:
             if store is not None and hasattr(store, "get_destination_retry"):
