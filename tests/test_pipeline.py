@@ -131,3 +131,38 @@ class PipelineTests(unittest.TestCase):
         dep = self.rb.make("m.room.message", BOB, {"body": "x"}, auth=auth)
         out = self.successResultOf(self.run_pdus(p, self.rb, dep))
         self.assertIs(out[dep[0]].status, EventStatus.REJECTED)
+
+
+class BatchTests(PipelineTests):
+    def test_linear_run_is_one_write_and_one_notification(self) -> None:
+        p = self.pipeline()
+        writes: list[int] = []
+        real = self.h.store.persist_events
+
+        def counting(room_id: str, items: Any) -> Any:
+            items = list(items)
+            writes.append(len(items))
+            return real(room_id, items)
+
+        self.h.store.persist_events = counting  # type: ignore[method-assign]
+        pdus = []
+        for i in range(5):
+            eid, ev = self.rb.make("m.room.message", BOB, {"body": str(i)})
+            self.rb.accept(eid, ev)
+            pdus.append((eid, ev))
+        # A rejected event in the middle ends the run; what follows starts another.
+        bad = self.rb.make("m.room.power_levels", BOB, {"users": {BOB: 100}}, "")
+        good_state = dict(self.rb.state)
+        self.rb.accept(*bad)
+        self.rb.state = good_state
+        after = self.rb.make("m.room.message", BOB, {"body": "after"})
+        out = self.successResultOf(self.run_pdus(p, self.rb, *pdus, bad, after))
+        self.assertIs(out[bad[0]].status, EventStatus.REJECTED)
+        self.assertIs(out[after[0]].status, EventStatus.ACCEPTED)
+        self.assertEqual(writes, [6, 1])
+        new = [args for name, args in self.notified if name == "on_new_pdus"]
+        self.assertEqual([len(args[1]) for args in new], [5, 1])
+        before = self.successResultOf(self.h.store.get_state_before(after[0]))
+        self.assertNotEqual(before[("m.room.power_levels", "")], bad[0])
+        extremities = self.successResultOf(self.h.store.get_forward_extremities(self.rb.room_id))
+        self.assertEqual(extremities, {after[0]})

@@ -110,6 +110,24 @@ def _state_key(event: Mapping[str, Any]) -> StateKey | None:
     return (t, sk) if isinstance(t, str) and isinstance(sk, str) else None
 
 
+@attrs.define(slots=True)
+class _Batch:
+    """Decided events of one linear run of a room's PDUs, persisted together.
+
+    While each PDU extends the previous accepted one (its only prev event), the
+    state before it and the room's current state are both the state after that
+    tip, so they need no store reads, and the run costs one write.
+    """
+
+    items: list[PersistItem] = attrs.field(factory=list)
+    tip_id: str | None = None
+    tip_state: dict[StateKey, str] = attrs.field(factory=dict)
+    outcomes: dict[str, PduOutcome] = attrs.field(factory=dict)
+
+    def extends_tip(self, event: Mapping[str, Any]) -> bool:
+        return self.tip_id is not None and _ref_ids(event.get("prev_events")) == [self.tip_id]
+
+
 class IncomingPduPipeline:
     """Steps 4-6 and persistence for PDUs of rooms this server is in.
 
@@ -177,16 +195,29 @@ class IncomingPduPipeline:
 
         async def work() -> dict[str, PduOutcome]:
             out: dict[str, PduOutcome] = {}
+            batch = _Batch()
             for event_id, event in ordered:
+                if batch.items and not batch.extends_tip(event):
+                    await self._flush(room_id, version, batch)
+                    batch = _Batch()
                 deadline = _Deadline(self.clock, self.pdu_timeout)
                 try:
                     out[event_id] = await self._process_one(
-                        origin, room_id, version, event_id, event, deadline, True, extra_checks
+                        origin,
+                        room_id,
+                        version,
+                        event_id,
+                        event,
+                        deadline,
+                        True,
+                        extra_checks,
+                        batch,
                     )
                 except MatrixError as e:
                     out[event_id] = PduOutcome(event_id, None, e.msg)
                 except (defer.TimeoutError, defer.CancelledError):
                     out[event_id] = PduOutcome(event_id, None, "Timed out fetching missing events")
+            await self._flush(room_id, version, batch)
             return out
 
         result: dict[str, PduOutcome] = await self._locked(room_id, work)
@@ -204,7 +235,11 @@ class IncomingPduPipeline:
         deadline: _Deadline,
         fetch_missing: bool,
         extra_checks: Callable[[str, Mapping[str, Any]], Awaitable[None]] | None = None,
+        batch: _Batch | None = None,
     ) -> PduOutcome:
+        if batch is not None and event_id in batch.outcomes:
+            return batch.outcomes[event_id]
+        chained = batch is not None and batch.extends_tip(event)
         auth_ids = _ref_ids(event.get("auth_events"))
         seen = await self.store.get_events(
             [event_id, *(a for a in auth_ids if a not in self._cache)]
@@ -238,9 +273,14 @@ class IncomingPduPipeline:
             own_reason = e.msg
 
         # Step 5: the state before the event.
-        state_before = await self._state_before(
-            origin, room_id, version, event_id, event, deadline, fetch_missing
-        )
+        state_before: dict[StateKey, str] | None
+        if chained:
+            assert batch is not None
+            state_before = dict(batch.tip_state)
+        else:
+            state_before = await self._state_before(
+                origin, room_id, version, event_id, event, deadline, fetch_missing
+            )
         if state_before is None:
             return PduOutcome(event_id, None, "Could not determine the state before the event")
 
@@ -259,8 +299,9 @@ class IncomingPduPipeline:
         if reason is not None:
             status = EventStatus.REJECTED
         else:
-            # Step 6: the current state (soft fail).
-            current = await self.store.get_current_state(room_id)
+            # Step 6: the current state (soft fail). After a chained event it is
+            # the state before this one, which passed already.
+            current = state_before if chained else await self.store.get_current_state(room_id)
             if current and current != state_before:
                 try:
                     await self._check_against(version, event, current, create)
@@ -268,51 +309,75 @@ class IncomingPduPipeline:
                     status = EventStatus.SOFT_FAILED
                     reason = e.msg
 
-        orderings = await self.store.persist_events(
-            room_id,
-            [
-                PersistItem(
-                    event=event,
-                    event_id=event_id,
-                    status=status,
-                    rejection_reason=reason,
-                    state_before=state_before,
-                )
-            ],
+        item = PersistItem(
+            event=event,
+            event_id=event_id,
+            status=status,
+            rejection_reason=reason,
+            state_before=state_before,
         )
-        self._put(event_id, event, status is EventStatus.REJECTED)
-        await self._announce(
-            room_id, version, event_id, event, status, reason, state_before, orderings
-        )
-        return PduOutcome(event_id, status, reason)
+        outcome = PduOutcome(event_id, status, reason)
+        if batch is not None:
+            batch.items.append(item)
+            batch.outcomes[event_id] = outcome
+            self._put(event_id, event, status is EventStatus.REJECTED)
+            if status is EventStatus.ACCEPTED:
+                batch.tip_id = event_id
+                key = _state_key(event)
+                batch.tip_state = state_before
+                if key is not None:
+                    batch.tip_state = {**state_before, key: event_id}
+            else:
+                batch.tip_id = None
+            return outcome
+        await self._persist_and_announce(room_id, version, [item])
+        return outcome
 
-    async def _announce(
-        self,
-        room_id: str,
-        version: RoomVersion,
-        event_id: str,
-        event: Mapping[str, Any],
-        status: EventStatus,
-        reason: str | None,
-        state_before: Mapping[StateKey, str],
-        orderings: Mapping[str, int],
+    async def _flush(self, room_id: str, version: RoomVersion, batch: _Batch) -> None:
+        if batch.items:
+            await self._persist_and_announce(room_id, version, batch.items)
+
+    async def _persist_and_announce(
+        self, room_id: str, version: RoomVersion, items: list[PersistItem]
     ) -> None:
-        if status is EventStatus.ACCEPTED:
-            from fedlib.hooks import NewPdu
+        try:
+            orderings = await self.store.persist_events(room_id, items)
+        except BaseException:
+            # Nothing of the batch was stored: forget what we cached of it.
+            for item in items:
+                self._cache.pop(item.event_id, None)
+            raise
+        for item in items:
+            self._put(item.event_id, item.event, item.status is EventStatus.REJECTED)
+        from fedlib.hooks import NewPdu
 
-            new = NewPdu(
-                event_id=event_id,
+        new = [
+            NewPdu(
+                event_id=item.event_id,
                 room_id=room_id,
                 room_version=version.identifier,
-                event=event,
-                state_before=dict(state_before),
-                stream_ordering=int(orderings.get(event_id, 0)) if orderings else 0,
+                event=item.event,
+                state_before=dict(item.state_before or {}),  # type: ignore[arg-type]
+                stream_ordering=int((orderings or {}).get(item.event_id, 0)),
             )
-            await self.notify("on_new_pdus", room_id, [new])
-        elif status is EventStatus.SOFT_FAILED:
-            await self.notify("on_soft_failed", room_id, event_id, event, reason or "")
-        else:
-            await self.notify("on_rejected", room_id, event_id, event, reason or "")
+            for item in items
+            if item.status is EventStatus.ACCEPTED
+        ]
+        if new:
+            await self.notify("on_new_pdus", room_id, new)
+        for item in items:
+            if item.status is EventStatus.SOFT_FAILED:
+                await self.notify(
+                    "on_soft_failed",
+                    room_id,
+                    item.event_id,
+                    item.event,
+                    item.rejection_reason or "",
+                )
+            elif item.status is EventStatus.REJECTED:
+                await self.notify(
+                    "on_rejected", room_id, item.event_id, item.event, item.rejection_reason or ""
+                )
 
     # -- helpers ---------------------------------------------------------------
 
