@@ -225,6 +225,8 @@ class FakeClient:
             state.append(dict(state[0], room_id="!other:hs1"))
         if "slow_send_join" in res.mode:
             return defer.Deferred()
+        if "garbage" in res.mode:
+            return defer.succeed({"state": "nonsense"})
         return res._answer(
             SendJoinResponse(
                 origin=dest,
@@ -454,6 +456,12 @@ class JoinTests(HandshakeTestBase):
         failure = _result(d)
         self.assertIn("send_join timed out", failure.value.msg)
         self.assertNothingStored(res.room_id)
+
+    def test_garbage_answer(self) -> None:
+        res = self.resident()
+        res.mode.add("garbage")
+        err = self.join_fails(res, "hs1")
+        self.assertEqual(err.code, 502)
 
     def test_truncated(self) -> None:
         res = self.resident()

@@ -441,9 +441,9 @@ class Handshakes:
         for server in self._candidates(room_id, via_servers, extra):
             try:
                 result = yield self._join_via(server, room_id, user_id, omit_members, content)
-            except MatrixError as e:
-                log.info("Joining %s via %s failed: %s", room_id, server, e.msg)
-                failures[server] = e
+            except Exception as e:
+                failures[server] = _as_matrix_error(server, e, "join")
+                log.info("Joining %s via %s failed: %s", room_id, server, failures[server].msg)
                 continue
             return result
         raise HandshakeError(f"Joining {room_id}", failures)
@@ -733,6 +733,7 @@ class Handshakes:
         _check_local(user_id, self.server_name)
         failures: dict[str, MatrixError] = {}
         extra = {"reason": reason} if reason is not None else None
+        kind_what = "knock"
         for server in self._candidates(room_id, via_servers):
             try:
                 version, template = yield self._make("knock", server, room_id, user_id, "knock")
@@ -741,8 +742,8 @@ class Handshakes:
                     server, "send_knock", self._client.send_knock, room_id, event_id, event
                 )
                 stripped = _check_stripped(server, stripped, self.config.max_stripped_state)
-            except MatrixError as e:
-                failures[server] = e
+            except Exception as e:
+                failures[server] = _as_matrix_error(server, e, kind_what)
                 continue
             yield self._store.store_stripped_room(
                 StrippedRoom(
@@ -772,6 +773,7 @@ class Handshakes:
         _check_local(user_id, self.server_name)
         failures: dict[str, MatrixError] = {}
         extra = {"reason": reason} if reason is not None else None
+        kind_what = "leave"
         for server in self._candidates(room_id, via_servers):
             try:
                 version, template = yield self._make("leave", server, room_id, user_id, "leave")
@@ -779,8 +781,8 @@ class Handshakes:
                 yield self._remote(
                     server, "send_leave", self._client.send_leave, room_id, event_id, event
                 )
-            except MatrixError as e:
-                failures[server] = e
+            except Exception as e:
+                failures[server] = _as_matrix_error(server, e, kind_what)
                 continue
             for kind in (StrippedKind.INVITE, StrippedKind.KNOCK):
                 yield self._store.delete_stripped_room(kind, room_id, user_id)
@@ -868,6 +870,14 @@ class Handshakes:
             return defer.fail(MatrixError(500, "M_UNKNOWN", "No LocalRooms to send invites"))
         d: defer.Deferred[str] = self._local_rooms.invite(room_id, inviter, invitee, reason)
         return d
+
+
+def _as_matrix_error(server: str, exc: BaseException, what: str) -> MatrixError:
+    if isinstance(exc, MatrixError):
+        return exc
+    # Not a remote verdict: a bug or a store failure. Keep the traceback in the log.
+    log.error("%s via %s failed unexpectedly", what, server, exc_info=exc)
+    return remote_error(server, exc, what)
 
 
 def _check_local(user_id: str, server_name: str) -> None:
