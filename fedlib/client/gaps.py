@@ -349,8 +349,11 @@ class GapFiller:
         local = yield self._store.get_events([e for e in pdu_ids if e in have])
         state: dict[StateKey, str] = {}
         for state_id in pdu_ids:
-            ev = fetched[state_id].event if state_id in fetched else local[state_id].event
-            assert ev is not None
+            ev = fetched[state_id].event if state_id in fetched else None
+            if ev is None and state_id in local:
+                ev = local[state_id].event
+            if ev is None:  # purged between the two store reads
+                raise MatrixError(502, "M_UNKNOWN", f"State event {state_id} vanished")
             etype, skey = ev.get("type"), ev.get("state_key")
             if not isinstance(etype, str) or not isinstance(skey, str):
                 raise BadJsonError(f"{origin}: {state_id} in the state is not a state event")
