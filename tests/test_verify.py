@@ -159,3 +159,26 @@ class VerifyPdusTests(unittest.TestCase):
         self.assertTrue(result.ok, result.error)
         (result,) = self._verify("12", [event], room_id="!" + "B" * 43)
         self.assertIsInstance(result.error, BadJsonError)
+
+
+class RealKeyringValidityTests(unittest.TestCase):
+    """Key validity at origin_server_ts (v5+) through the real keyring."""
+
+    def test_expired_key(self) -> None:
+        from twisted.internet import task
+
+        from fedlib.crypto.keys import get_verify_key
+        from fedlib.keyring import FetchedKey, Keyring
+
+        hs1 = Server("hs1")
+        keyring = Keyring(None, task.Clock(), fetch_directly=False)
+        keyring.add_keys(
+            "hs1",
+            {"ed25519:k1": FetchedKey("ed25519:k1", get_verify_key(hs1.key), 0, expired_ts=5000)},
+        )
+        for version, ts, ok in (("10", 4000, True), ("10", 6000, False), ("4", 6000, True)):
+            _, event = make_event(version, hs1, type="m.room.message", sender="@a:hs1", ts=ts)
+            (result,) = _run(verify_pdus(keyring, version, [event]))
+            self.assertEqual(result.ok, ok, (version, ts, result.error))
+            if not ok:
+                self.assertIsInstance(result.error, SignatureError)
