@@ -477,3 +477,32 @@ class HostileDnsTests(unittest.TestCase):
         fake = FakeDNS({"_matrix-fed._tcp.example.org": [(0, 0, 1, b"bad name")]})
         r = ServerResolver(fake, FakeFetcher(), task.Clock())
         self.assertEqual(self.successResultOf(r.resolve("example.org")).method, Method.DEFAULT_PORT)
+
+
+class StaleGraceTests(unittest.TestCase):
+    def test_recent_delegation_survives_a_short_outage(self) -> None:
+        clock = task.Clock()
+        fetcher = FakeFetcher(
+            {URL: wk('{"m.server": "deleg.example:1"}', cache_control="max-age=600")}
+        )
+        r = ServerResolver(FakeDNS(), fetcher, clock)
+        self.assertEqual(
+            self.successResultOf(r.resolve("example.org")).delegated_name, "deleg.example:1"
+        )
+        del fetcher.responses[URL]  # the well-known server goes down
+        clock.advance(601)
+        res = self.successResultOf(r.resolve("example.org"))
+        self.assertEqual(res.delegated_name, "deleg.example:1")
+        self.assertIn("refresh failed", res.steps[0])
+        # Retried after the failure interval, still stale-but-usable...
+        clock.advance(121)
+        self.assertEqual(
+            self.successResultOf(r.resolve("example.org")).delegated_name, "deleg.example:1"
+        )
+        self.assertEqual(len(fetcher.urls), 3)
+        # ...but not forever: an hour after expiry the delegation is dropped.
+        for _ in range(6):
+            clock.advance(900)
+            last = self.successResultOf(r.resolve("example.org"))
+        self.assertIsNone(last.delegated_name)
+        self.assertEqual(last.method, Method.DEFAULT_PORT)

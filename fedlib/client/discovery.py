@@ -51,6 +51,8 @@ WELL_KNOWN_MAX_CACHE = 48 * 3600.0
 #: "up to an hour ... exponentially back off for repeated failures").
 WELL_KNOWN_FAILURE_CACHE_FIRST = 2 * 60.0
 WELL_KNOWN_FAILURE_CACHE_MAX = 3600.0
+#: How long after a successful answer expires it is still used while refreshes fail.
+WELL_KNOWN_STALE_GRACE = 3600.0
 #: Most SRV targets kept for one name.
 MAX_SRV_TARGETS = 16
 #: Most server names whose well-known answer is remembered.
@@ -207,6 +209,8 @@ class _WellKnownEntry:
     delegated: str | None  # None: the lookup failed
     detail: str
     failures: int = 0
+    #: When the last successful answer stopped being fresh (None: never succeeded).
+    valid_until: float | None = None
 
 
 def order_srv_records(
@@ -401,7 +405,7 @@ class ServerResolver:
             self._pending[host].append(waiter)
             return waiter
         self._pending[host] = [waiter]
-        previous_failures = cached.failures if cached is not None else 0
+        previous = cached
 
         def done(entry: _WellKnownEntry) -> None:
             self._store(host, entry)
@@ -416,7 +420,7 @@ class ServerResolver:
                 if not w.called:
                     w.errback(DiscoveryError(f"well-known lookup crashed: {f.value!r}"[:200], host))
 
-        d = defer.ensureDeferred(self._fetch_well_known(host, previous_failures))
+        d = defer.ensureDeferred(self._fetch_well_known(host, previous))
         d.addCallbacks(done, crashed)
         return waiter
 
@@ -426,7 +430,9 @@ class ServerResolver:
             del self._cache[next(iter(self._cache))]
         self._cache[host] = entry
 
-    async def _fetch_well_known(self, host: str, previous_failures: int) -> _WellKnownEntry:
+    async def _fetch_well_known(
+        self, host: str, previous: _WellKnownEntry | None
+    ) -> _WellKnownEntry:
         """Never fails: errors become a cached failure entry."""
         url = f"https://{host}/.well-known/matrix/server"
         try:
@@ -435,29 +441,49 @@ class ServerResolver:
             response, final_url = await d
             delegated = self._parse_well_known(response)
         except defer.TimeoutError:
-            return self._failure(host, previous_failures, "timed out")
+            return self._failure(host, previous, "timed out")
         except _WellKnownInvalid as e:
-            return self._failure(host, previous_failures, str(e))
+            return self._failure(host, previous, str(e))
         except Exception as e:
-            return self._failure(host, previous_failures, f"{type(e).__name__}: {e}"[:200])
+            return self._failure(host, previous, f"{type(e).__name__}: {e}"[:200])
         max_age = _parse_cache_control(response.headers.get("cache-control"))
         lifetime = WELL_KNOWN_DEFAULT_CACHE if max_age is None else max_age
         lifetime = min(max(lifetime, WELL_KNOWN_MIN_CACHE), WELL_KNOWN_MAX_CACHE)
         via = "" if final_url == url else f" (via {final_url})"
+        expires = self._clock.seconds() + lifetime
         return _WellKnownEntry(
-            expires=self._clock.seconds() + lifetime,
+            expires=expires,
+            valid_until=expires,
             delegated=delegated,
             detail=f"well-known {url}{via}: m.server is {delegated!r}",
         )
 
-    def _failure(self, host: str, previous_failures: int, why: str) -> _WellKnownEntry:
-        failures = previous_failures + 1
+    def _failure(self, host: str, previous: _WellKnownEntry | None, why: str) -> _WellKnownEntry:
+        failures = (previous.failures if previous is not None else 0) + 1
         lifetime = min(
             WELL_KNOWN_FAILURE_CACHE_FIRST * 2 ** min(failures - 1, 16),
             WELL_KNOWN_FAILURE_CACHE_MAX,
         )
+        now = self._clock.seconds()
+        stale_since = previous.valid_until if previous is not None else None
+        if (
+            previous is not None
+            and previous.delegated is not None
+            and stale_since is not None
+            and now - stale_since < WELL_KNOWN_STALE_GRACE
+        ):
+            # A delegation that worked a moment ago beats guessing: a short
+            # well-known outage must not send traffic to the undelegated name.
+            return _WellKnownEntry(
+                expires=min(now + lifetime, stale_since + WELL_KNOWN_STALE_GRACE),
+                delegated=previous.delegated,
+                detail=f"well-known https://{host}/.well-known/matrix/server: refresh failed "
+                f"({why}); still using m.server {previous.delegated!r} for now",
+                failures=failures,
+                valid_until=stale_since,
+            )
         return _WellKnownEntry(
-            expires=self._clock.seconds() + lifetime,
+            expires=now + lifetime,
             delegated=None,
             detail=f"well-known https://{host}/.well-known/matrix/server: invalid ({why})",
             failures=failures,

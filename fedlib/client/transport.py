@@ -384,7 +384,7 @@ class FederationClient:
     def _now_ms(self) -> int:
         return int(self._clock.seconds() * 1000)
 
-    async def request(
+    def request(
         self,
         method: str,
         destination: str,
@@ -398,8 +398,9 @@ class FederationClient:
         sign: bool = True,
         ignore_backoff: bool = False,
         room_version: str | None = None,
-    ) -> Any:
-        """Send one request and return its parsed JSON body.
+    ) -> defer.Deferred[Any]:
+        """Deferred parsed JSON body of one request (the typed methods are built on
+        this; use it for endpoints they do not cover).
 
         ``path`` is already percent-encoded. GETs are retried ``retries`` times
         (default :attr:`get_retries`) after transport failures and 5xx answers;
@@ -407,6 +408,37 @@ class FederationClient:
         ``ignore_backoff`` the destination's backoff state is neither checked nor
         updated (for callers that manage it themselves, like the transaction sender).
         """
+        return defer.ensureDeferred(
+            self._request(
+                method,
+                destination,
+                path,
+                query=query,
+                content=content,
+                timeout=timeout,
+                max_size=max_size,
+                retries=retries,
+                sign=sign,
+                ignore_backoff=ignore_backoff,
+                room_version=room_version,
+            )
+        )
+
+    async def _request(
+        self,
+        method: str,
+        destination: str,
+        path: str,
+        *,
+        query: Mapping[str, str | int | Sequence[str]] | None,
+        content: Any,
+        timeout: float | None,
+        max_size: int | None,
+        retries: int | None,
+        sign: bool,
+        ignore_backoff: bool,
+        room_version: str | None,
+    ) -> Any:
         if not ignore_backoff:
             state = await self.backoff.get_destination_retry(destination)
             if state is not None:
