@@ -203,6 +203,7 @@ class TransactionSender:
 
         Call when a valid signed request arrives from it: it is evidently back.
         """
+        self._due.pop(destination, None)  # its heap entry goes stale
         retry = yield self._store.get_destination_retry(destination)
         if retry is not None:
             yield self._store.reset_destination_retry(destination)
@@ -216,6 +217,9 @@ class TransactionSender:
     def _wake(self, destination: str) -> None:
         if not self._running:
             return
+        due = self._due.get(destination)
+        if due is not None and due > self._clock.seconds():
+            return  # backing off; its timer (or reset_backoff) wakes it
         if destination in self._active:
             self._poked.add(destination)
             return
