@@ -649,3 +649,17 @@ class ResolvedNameBlocklistTests(TLSTestBase):
         )
         self.assertEqual(await allowed.version(self.dns_dest), VERSION["server"])
         self.assertEqual(hosts.asked, ["fed.test", "fed.test"])
+
+
+class IPv6Tests(unittest.TestCase):
+    async def test_ipv6_literal(self) -> None:
+        ca = TestCA()
+        self.addCleanup(ca.cleanup)
+        server = ScriptedServer(ca.issue([], ["::1"]), interface="::1")
+        self.addCleanup(server.stop)
+        server.route("/_matrix/federation/v1/version", lambda r: VERSION)
+        client = FederationClient(ORIGIN, KEY, reactor, ca_bundle=ca.path, get_retries=0)
+        self.addCleanup(client.agent.pool.closeCachedConnections)  # type: ignore[attr-defined]
+        dest = f"[::1]:{server.port_number}"
+        self.assertEqual(await client.version(dest), VERSION["server"])
+        self.assertEqual(server.requests[0]["host"], dest)

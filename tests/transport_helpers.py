@@ -129,16 +129,16 @@ class _Root(resource.Resource):
 
 
 class ScriptedServer:
-    """A TLS HTTP server on 127.0.0.1; ``routes`` map path prefixes to handlers
+    """A TLS HTTP server on 127.0.0.1 (or ``interface``, e.g. ``::1``); ``routes`` map path prefixes to handlers
     returning ``(code, body)`` or ``body`` (dict → JSON, bytes as is) or a Deferred."""
 
-    def __init__(self, cert_pem: bytes) -> None:
+    def __init__(self, cert_pem: bytes, interface: str = "127.0.0.1") -> None:
         self.routes: list[tuple[str, Handler]] = []
         self.requests: list[dict[str, Any]] = []
         self.site = server.Site(_Root(self))
         self.site.displayTracebacks = False
         options = PrivateCertificate.loadPEM(cert_pem).options()
-        self.port = reactor.listenSSL(0, self.site, options, interface="127.0.0.1")  # type: ignore[attr-defined]
+        self.port = reactor.listenSSL(0, self.site, options, interface=interface)  # type: ignore[attr-defined]
         self.port_number: int = self.port.getHost().port
 
     def route(self, prefix: str, handler: Handler) -> None:

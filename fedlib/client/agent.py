@@ -431,7 +431,7 @@ class MatrixFederationAgent:
         resolution: ServerResolution = await self.resolver.resolve(server_name)
         self._resolutions[server_name] = resolution
         headers = headers.copy() if headers is not None else Headers()
-        headers.setRawHeaders(b"Host", [resolution.host_header.encode("idna")])
+        headers.setRawHeaders(b"Host", [resolution.host_header.encode("ascii")])
         # The pool keys connections by the URI's host; a hex encoding of the server
         # name is a valid host for any server name (IPv6 literals included).
         inner = b"https://" + server_name.encode("utf-8").hex().encode("ascii") + b":443" + path
