@@ -663,3 +663,60 @@ class IPv6Tests(unittest.TestCase):
         dest = f"[::1]:{server.port_number}"
         self.assertEqual(await client.version(dest), VERSION["server"])
         self.assertEqual(server.requests[0]["host"], dest)
+
+
+class WellKnownFetcherTests(unittest.TestCase):
+    """The production well-known fetcher against a real TLS server (web PKI by name)."""
+
+    def setUp(self) -> None:
+        self.ca = TestCA()
+        self.addCleanup(self.ca.cleanup)
+        self.server = ScriptedServer(self.ca.issue(["wk.test"], []))
+        self.addCleanup(self.server.stop)
+
+    def fetcher(self, ca_path: str | None = None) -> Any:
+        from fedlib.client.agent import HttpsWellKnownFetcher, TLSOptions
+
+        return HttpsWellKnownFetcher(
+            reactor,
+            tls=TLSOptions(ca_bundle=ca_path or self.ca.path),
+            host_overrides={"wk.test": "127.0.0.1", "other.test": "127.0.0.1"},
+        )
+
+    def url(self, host: str = "wk.test") -> str:
+        return f"https://{host}:{self.server.port_number}/.well-known/matrix/server"
+
+    async def test_fetch(self) -> None:
+        def handler(request: Any) -> Any:
+            request.setHeader("cache-control", "max-age=60")
+            return {"m.server": "x.test:1"}
+
+        self.server.route("/.well-known/matrix/server", handler)
+        response = await self.fetcher().fetch(self.url(), 1000)
+        self.assertEqual(response.code, 200)
+        self.assertEqual(response.headers["cache-control"], "max-age=60")
+        self.assertEqual(json.loads(response.body), {"m.server": "x.test:1"})
+
+    async def test_redirect_returned_not_followed(self) -> None:
+        def handler(request: Any) -> Any:
+            request.setHeader("location", "https://elsewhere.test/x")
+            return (302, b"")
+
+        self.server.route("/.well-known/matrix/server", handler)
+        response = await self.fetcher().fetch(self.url(), 1000)
+        self.assertEqual(
+            (response.code, response.headers["location"]), (302, "https://elsewhere.test/x")
+        )
+
+    async def test_size_limit(self) -> None:
+        from fedlib.client.agent import ResponseTooLargeError
+
+        self.server.route("/.well-known/matrix/server", lambda r: b"x" * 5000)
+        with self.assertRaises(ResponseTooLargeError):
+            await self.fetcher().fetch(self.url(), 1000)
+
+    async def test_certificate_name_checked(self) -> None:
+        self.server.route("/.well-known/matrix/server", lambda r: {"m.server": "x.test:1"})
+        with self.assertRaises(Exception):  # noqa: B017 - any TLS failure will do
+            await self.fetcher().fetch(self.url("other.test"), 1000)
+        self.assertEqual(self.server.requests, [])
