@@ -224,6 +224,7 @@ class FederationService(service.Service):
             clock=self.reactor,
             gaps=self.gaps,
             on_origin_authenticated=origin_seen,
+            send_pdu=self.sender.send_pdu,
         )
 
     def site(self, **kwargs: Any) -> Site:

@@ -37,6 +37,9 @@ class ServerContext:
     gaps: Any = None
     notary: Any = None
     on_origin_authenticated: Callable[[str], object] | None = None
+    #: ``send_pdu(event_id, destinations)`` of the transaction sender; without it
+    #: events are only queued in the store (the sender's sweep finds them).
+    send_pdu: Callable[[str, list[str]], object] | None = None
     #: Created lazily by the transaction handler (it owns the room pipeline).
     extras: dict[str, Any] = attrs.field(factory=dict)
 
@@ -52,6 +55,7 @@ class ServerContext:
         gaps: Any = None,
         notary: Any = None,
         on_origin_authenticated: Callable[[str], object] | None = None,
+        send_pdu: Callable[[str, list[str]], object] | None = None,
     ) -> ServerContext:
         if clock is None:
             from twisted.internet import reactor
@@ -68,6 +72,7 @@ class ServerContext:
             gaps=gaps,
             notary=notary,
             on_origin_authenticated=on_origin_authenticated,
+            send_pdu=send_pdu,
         )
 
     @property

@@ -283,6 +283,7 @@ def build_resource(
     gaps: Any = None,
     notary: Any = None,
     on_origin_authenticated: Callable[[str], object] | None = None,
+    send_pdu: Callable[[str, list[str]], object] | None = None,
 ) -> IResource:
     """The federation Resource tree, to be mounted at the web root.
 
@@ -291,7 +292,9 @@ def build_resource(
     :class:`fedlib.hooks.IFederationHooks` (``None`` answers every query 404),
     ``gaps`` a :class:`fedlib.client.gaps.GapFiller`-like object used to fetch
     missing events. ``on_origin_authenticated(origin)`` is called after each
-    request with a valid signature (the sender uses it to reset backoff).
+    request with a valid signature (the sender uses it to reset backoff);
+    ``send_pdu(event_id, destinations)`` (the sender's) sends out events accepted
+    through send_join/send_knock/send_leave, which are otherwise only queued.
     """
     return build_context_resource(
         ServerContext.create(
@@ -303,6 +306,7 @@ def build_resource(
             gaps=gaps,
             notary=notary,
             on_origin_authenticated=on_origin_authenticated,
+            send_pdu=send_pdu,
         )
     )
 

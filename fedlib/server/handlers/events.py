@@ -149,7 +149,11 @@ def routes(ctx: ServerContext) -> list[Route]:
         assert event_id is not None
         await ctx.room_version(room_id)
         await _event_in_room(ctx, room_id, event_id)
-        if not await server_in_room_at(ctx, request.authed_origin, event_id):
+        # A server joined now may ask about earlier points (Synapse does so to
+        # complete a partial-state join), as Synapse allows.
+        if not await server_in_room_at(
+            ctx, request.authed_origin, event_id
+        ) and request.authed_origin not in await ctx.store.get_joined_servers(room_id):
             raise forbidden("Server is not in the room at this event")
         state = await ctx.store.get_state_before(event_id)
         if state is None:

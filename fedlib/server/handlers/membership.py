@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from twisted.internet import defer
 from twisted.logger import Logger
 from unpaddedbase64 import encode_base64
 
@@ -291,7 +292,11 @@ class _Membership:
         servers = set(await self.ctx.store.get_joined_servers(room_id))
         servers.discard(self.ctx.server_name)
         servers.discard(origin)
-        if servers:
+        if not servers:
+            return
+        if self.ctx.send_pdu is not None:
+            await defer.maybeDeferred(self.ctx.send_pdu, event_id, sorted(servers))
+        else:
             await self.ctx.store.enqueue_pdus(sorted(servers), [event_id])
 
     async def _join_response(
