@@ -160,6 +160,7 @@ class FederationService(service.Service):
             notaries=notaries,
             local_server_name=self.config.server_name,
             local_keys=local,
+            store=self.store,
         )
 
     def _make_sender(self) -> Any:
