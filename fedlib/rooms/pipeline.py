@@ -196,6 +196,13 @@ class IncomingPduPipeline:
         async def work() -> dict[str, PduOutcome]:
             out: dict[str, PduOutcome] = {}
             batch = _Batch()
+            # One read for what the whole run needs: whether each PDU is known, and
+            # the auth events the cache lacks.
+            wanted = {e for e, _ in ordered}
+            for _, event in ordered:
+                wanted.update(a for a in _ref_ids(event.get("auth_events")) if a not in self._cache)
+            prefetched = await self.store.get_events(sorted(wanted))
+            self._remember(prefetched.values())
             for event_id, event in ordered:
                 if batch.items and not batch.extends_tip(event):
                     await self._flush(room_id, version, batch)
@@ -212,6 +219,7 @@ class IncomingPduPipeline:
                         True,
                         extra_checks,
                         batch,
+                        prefetched,
                     )
                 except MatrixError as e:
                     out[event_id] = PduOutcome(event_id, None, e.msg)
@@ -236,15 +244,22 @@ class IncomingPduPipeline:
         fetch_missing: bool,
         extra_checks: Callable[[str, Mapping[str, Any]], Awaitable[None]] | None = None,
         batch: _Batch | None = None,
+        prefetched: Mapping[str, Any] | None = None,
     ) -> PduOutcome:
         if batch is not None and event_id in batch.outcomes:
             return batch.outcomes[event_id]
         chained = batch is not None and batch.extends_tip(event)
         auth_ids = _ref_ids(event.get("auth_events"))
-        seen = await self.store.get_events(
-            [event_id, *(a for a in auth_ids if a not in self._cache)]
-        )
-        self._remember(seen.values())
+        if prefetched is not None and (event_id in prefetched or event_id not in self._cache):
+            # Auth events missing from the cache now are missing from the store.
+            # (An event cached since the prefetch was stored by gap filling in
+            # this run and is looked up afresh below.)
+            seen: Mapping[str, Any] = prefetched
+        else:
+            seen = await self.store.get_events(
+                [event_id, *(a for a in auth_ids if a not in self._cache)]
+            )
+            self._remember(seen.values())
         if event_id in seen:
             stored = seen[event_id]
             if stored.status is not EventStatus.OUTLIER:
