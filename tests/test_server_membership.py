@@ -355,3 +355,20 @@ class InviteTests(unittest.TestCase):
         self.assertEqual(r.code, 200, r.json)
         self.assertEqual(r.json[0], 200)
         self.assertIn(OUR_NAME, r.json[1]["event"]["signatures"])
+
+
+class JoinV12Tests(MembershipBase):
+    room_version = "12"
+
+    def test_make_and_send_join_v12(self) -> None:
+        r = self.make("join", CAROL, ver="ver=12")
+        self.assertEqual(r.code, 200, r.json)
+        template = r.json["event"]
+        create_id = self.rb.state[("m.room.create", "")]
+        self.assertNotIn(create_id, template["auth_events"])
+        eid, ev = self.signed_from_template(template)
+        r = self.put(f"{V2}/send_join/{self.room}/{eid}?omit_members=true", ev)
+        self.assertEqual(r.code, 200, r.json)
+        self.assertTrue(r.json["members_omitted"])
+        current = self.successResultOf(self.h.store.get_current_state(self.room))
+        self.assertEqual(current[("m.room.member", CAROL)], eid)
