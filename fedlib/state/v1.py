@@ -40,20 +40,23 @@ _AUTH_FIRST_TYPES = ("m.room.join_rules", "m.room.member")
 def separate_v1(
     state_sets: Sequence[StateMap],
 ) -> tuple[dict[StateKey, str], dict[StateKey, set[str]]]:
+    """The union of the state sets without the conflicting keys, and those keys'
+    events. Only keys in the symmetric difference of the first set with another
+    can be conflicting or missing from the first, so only they are looked at."""
     first = state_sets[0]
     candidates: set[StateKey] = set()
     for other in state_sets[1:]:
         if other is not first:
             candidates.update(key for key, _ in first.items() ^ other.items())
-    merged: dict[StateKey, str] = {}
-    for state_set in state_sets:
-        merged.update(state_set)
+    merged = dict(first)
     conflicted: dict[StateKey, set[str]] = {}
     for key in candidates:
         values = {s[key] for s in state_sets if key in s}
         if len(values) > 1:
             conflicted[key] = values
-            del merged[key]
+            merged.pop(key, None)
+        else:
+            merged[key] = values.pop()
     return merged, conflicted
 
 
@@ -72,14 +75,17 @@ def resolve_v1(
     missing = {eid for ids in conflicted_ids.values() for eid in ids if eid not in event_map}
     if missing:
         raise missing_error(missing)
-    conflicted: dict[StateKey, list[_Entry]] = {
-        key: [(eid, _as_dict(event_map[eid])) for eid in ids] for key, ids in conflicted_ids.items()
-    }
+    conflicted: dict[StateKey, list[_Entry]] = {}
+    for key, ids in conflicted_ids.items():
+        entries = conflicted[key] = []
+        for eid in ids:
+            event = _as_dict(event_map[eid])
+            entries.append((eid, event, auth_types_with(version, event)))
 
     auth_ids: dict[StateKey, str] = {}
     for entries in conflicted.values():
-        for _, event in entries:
-            for akey in auth_types_with(version, event):
+        for _, _, types in entries:
+            for akey in types:
                 if akey not in auth_ids and akey in unconflicted:
                     auth_ids[akey] = unconflicted[akey]
     missing = {eid for eid in auth_ids.values() if eid not in event_map}
@@ -92,24 +98,25 @@ def resolve_v1(
         resolved[POWER_LEVELS_KEY] = _resolve_auth_conflict(
             version, conflicted[POWER_LEVELS_KEY], auth_events
         )
-    auth_events.update((k, e) for k, (_, e) in resolved.items())
+    auth_events.update((k, e[1]) for k, e in resolved.items())
     for etype in _AUTH_FIRST_TYPES:
         for key, entries in conflicted.items():
             if key[0] == etype:
                 resolved[key] = _resolve_auth_conflict(version, entries, auth_events)
         # Each tier is checked against the tiers before it, not against itself.
-        auth_events.update((k, e) for k, (_, e) in resolved.items())
+        auth_events.update((k, e[1]) for k, e in resolved.items())
     for key, entries in conflicted.items():
         if key not in resolved:
             resolved[key] = _resolve_normal_conflict(version, entries, auth_events)
 
-    out = dict(unconflicted)
-    for key, (eid, _) in resolved.items():
-        out[key] = eid
-    return out
+    # (``unconflicted`` is this call's own copy, so it becomes the result.)
+    for key, entry in resolved.items():
+        unconflicted[key] = entry[0]
+    return unconflicted
 
 
-_Entry = tuple[str, dict[str, Any]]
+#: A conflicting event: its ID, the event, and the state keys that authorise it.
+_Entry = tuple[str, dict[str, Any], set[StateKey]]
 
 
 def _as_dict(event: Event) -> dict[str, Any]:
@@ -143,7 +150,7 @@ def _resolve_auth_conflict(
     version: RoomVersion, entries: list[_Entry], auth_events: Mapping[StateKey, dict[str, Any]]
 ) -> _Entry:
     ordered = list(reversed(_newest_first(entries)))
-    keys = {k for _, e in entries for k in auth_types_with(version, e)}
+    keys = {k for _, _, types in entries for k in types}
     local = {k: auth_events[k] for k in keys if k in auth_events}
     chosen = ordered[0]
     for entry in ordered[1:]:
