@@ -39,14 +39,11 @@ class ServerConfig:
     rate_burst: int = 500
     #: Upper bound on the time spent on one PDU (gap filling included), seconds.
     pdu_timeout_seconds: float = 60.0
-    #: How long a transaction from an origin may wait for that origin's previous
-    #: one before it is answered 429 (one transaction in flight per origin).
-    transaction_wait_seconds: float = 0.0
     #: How long our key response says our key is valid (ms).
     key_validity_period_ms: int = 24 * 3600 * 1000
     #: ``m.server`` value for ``/.well-known/matrix/server``; ``None`` serves no well-known.
     well_known_server: str | None = None
     software_name: str = "fedlib"
     software_version: str = "0.1.0.dev0"
-    #: Room versions we can join/host (``make_join``'s ``ver`` negotiation).
+    #: Room versions we accept invites to (others: ``M_INCOMPATIBLE_ROOM_VERSION``).
     supported_room_versions: tuple[str, ...] = tuple(str(n) for n in range(1, 13))

@@ -379,6 +379,8 @@ class _Membership:
         room_id = request.param("roomId")
         origin = request.authed_origin
         try:
+            if room_version not in ctx.config.supported_room_versions:
+                raise MatrixError(400, "M_INCOMPATIBLE_ROOM_VERSION", "Unsupported room version")
             version = get_room_version(room_version, errcode="M_INCOMPATIBLE_ROOM_VERSION")
         except MatrixError as e:
             raise MatrixError(
