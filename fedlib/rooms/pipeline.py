@@ -196,6 +196,7 @@ class IncomingPduPipeline:
         async def work() -> dict[str, PduOutcome]:
             out: dict[str, PduOutcome] = {}
             batch = _Batch()
+            run_end = self.clock.seconds() + 2 * self.pdu_timeout
             # One read for what the whole run needs: whether each PDU is known, and
             # the auth events the cache lacks.
             wanted = {e for e, _ in ordered}
@@ -207,7 +208,10 @@ class IncomingPduPipeline:
                 if batch.items and not batch.extends_tip(event):
                     await self._flush(room_id, version, batch)
                     batch = _Batch()
-                deadline = _Deadline(self.clock, self.pdu_timeout)
+                # Each PDU may spend pdu_timeout on fetches, and a whole run at most
+                # twice that, so a room's lock is never held for long by one origin.
+                remaining_run = run_end - self.clock.seconds()
+                deadline = _Deadline(self.clock, min(self.pdu_timeout, remaining_run))
                 try:
                     out[event_id] = await self._process_one(
                         origin,

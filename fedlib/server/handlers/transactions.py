@@ -28,6 +28,7 @@ __all__ = ["get_pipeline", "routes"]
 log = Logger()
 
 _MAX_TXN_ID = 255
+_MAX_RECEIPT_ROOMS = 100
 
 
 def get_pipeline(ctx: ServerContext) -> IncomingPduPipeline:
@@ -219,7 +220,8 @@ class _TransactionHandler:
             return content
         if edu_type == "m.receipt":
             kept = {}
-            for room_id, receipts in content.items():
+            # Receipts for more rooms than this in one EDU are not a real client's.
+            for room_id, receipts in list(content.items())[:_MAX_RECEIPT_ROOMS]:
                 if server_allowed_by_acl(origin, await ctx.acl_content(room_id)):
                     kept[room_id] = receipts
             return kept or None
