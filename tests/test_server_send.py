@@ -456,3 +456,56 @@ class GapTests(SendTestBase):
         self.assertIn(b"200 OK", transport.value())
         self.assertIn(eid.encode(), transport.value())
         self.assertIsNone(self.stored(eid))
+
+
+class EduAclTests(SendTestBase):
+    def test_receipts_of_denied_rooms_dropped(self) -> None:
+        acl_id = self.rb.add(
+            "m.room.server_acl", ALICE, {"allow": ["*"], "deny": ["remote.test"]}, ""
+        )
+        ev = self.rb.events[acl_id]
+        from fedlib.storage.interface import PersistItem, StateRef
+
+        self.successResultOf(
+            self.h.store.persist_events(
+                self.rb.room_id,
+                [
+                    PersistItem(
+                        event=ev, event_id=acl_id, state_before=StateRef(ev["prev_events"][0])
+                    )
+                ],
+            )
+        )
+        receipt = {"m.read": {BOB: {"event_ids": ["$x"], "data": {"ts": 1}}}}
+        content = {self.rb.room_id: receipt, "!other:x.test": receipt}
+        r = self.send([], [{"edu_type": "m.receipt", "content": content}])
+        self.assertEqual(r.code, 200)
+        self.assertEqual(
+            self.h.hooks.edus, [("remote.test", "m.receipt", {"!other:x.test": receipt})]
+        )
+
+
+class FailureTests(SendTestBase):
+    def test_unexpected_failure_releases_the_transaction(self) -> None:
+        eid, ev = self.message()
+        pipeline_calls = []
+
+        from fedlib.server.handlers.transactions import get_pipeline
+
+        pipeline = get_pipeline(self.h.ctx)
+        real = pipeline.process
+
+        async def broken(*a: Any, **kw: Any) -> Any:
+            pipeline_calls.append(1)
+            raise RuntimeError("boom")
+
+        pipeline.process = broken  # type: ignore[method-assign]
+        before = self.h.snapshot()
+        r = self.send([ev], txn="t-fail")
+        self.assertEqual((r.code, r.errcode), (500, "M_UNKNOWN"))
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertEqual(self.h.snapshot(), before)
+        # The retry is processed afresh, not answered from a record.
+        pipeline.process = real  # type: ignore[method-assign]
+        r = self.send([ev], txn="t-fail")
+        self.assertEqual(r.json, {"pdus": {eid: {}}})

@@ -153,7 +153,12 @@ class _TransactionHandler:
             defer.ensureDeferred(self._room(origin, room_id, str(versions[room_id]), room_pdus))
             for room_id, room_pdus in by_room.items()
         ]
-        for room_results in await defer.gatherResults(rooms, consumeErrors=True):
+        try:
+            gathered = await defer.gatherResults(rooms, consumeErrors=True)
+        except defer.FirstError as e:
+            # Report the room's own failure, not the wrapper.
+            e.subFailure.raiseException()
+        for room_results in gathered:
             results.update(room_results)
         await self._edus(origin, edus)
         return {"pdus": results}
