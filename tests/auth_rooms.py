@@ -52,6 +52,7 @@ class Room:
         self.counter = 0
         self.ts = 1_000_000
         self.state: dict[StateKey, Event] = {}
+        self.state_ids: dict[StateKey, str] = {}
         self.ids: dict[str, Event] = {}
         self.last: str | None = None
         content: dict[str, Any] = {"room_version": version}
@@ -109,8 +110,7 @@ class Room:
         }
         if state_key is not None:
             event["state_key"] = state_key
-        state_ids = {k: self.id_of(v) for k, v in self.state.items()}
-        auth_ids = select_auth_events(self.version, event, state_ids)
+        auth_ids = select_auth_events(self.version, event, self.state_ids)
         if self.room_version.event_id_in_event:
             event["event_id"] = f"${self.counter}:{_server(sender)}"
             event["prev_events"] = [[p, {}] for p in prev]
@@ -131,7 +131,9 @@ class Room:
         self.ids[event_id] = event
         self.last = event_id
         if "state_key" in event:
-            self.state[(event["type"], event["state_key"])] = event
+            key = (event["type"], event["state_key"])
+            self.state[key] = event
+            self.state_ids[key] = event_id
         return event_id
 
     def check(self, event: Mapping[str, Any]) -> None:

@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import attrs
-from signedjson.key import generate_signing_key, get_verify_key
+from signedjson.key import decode_signing_key_base64, get_verify_key
 from signedjson.sign import sign_json
 from twisted.trial import unittest
 from unpaddedbase64 import encode_base64
@@ -706,9 +706,11 @@ def _(v: str) -> Built:
 
 # --- third-party invites -----------------------------------------------------------------
 
-_TPI_KEY = generate_signing_key("1")
+_TPI_KEY = decode_signing_key_base64("ed25519", "1", "ZmVkbGliIGF1dGggdGVzdCBrZXkgb25lIDEyMzQ1Njc")
 _TPI_PUBLIC = encode_base64(get_verify_key(_TPI_KEY).encode())
-_OTHER_KEY = generate_signing_key("2")
+_OTHER_KEY = decode_signing_key_base64(
+    "ed25519", "2", "ZmVkbGliIGF1dGggdGVzdCBrZXkgdHdvIDEyMzQ1Njc"
+)
 
 
 def _tpi(

@@ -45,7 +45,9 @@ NAMED_LEVEL_DEFAULTS: Mapping[str, int] = {
 # spec's grammar for stringy levels is narrower, so it is matched explicitly.
 _STRINGY_INT = re.compile(r"[ \t\n\r\f\v]*[+-]?[0-9]+[ \t\n\r\f\v]*")
 
-_SERVER_NAME = re.compile(r"(?:\[[0-9A-Fa-f:.]{2,45}\]|[0-9A-Za-z.-]{1,255})(?::[0-9]{1,5})?")
+_USER_ID = re.compile(
+    r"@[^:\x00]*:(?:\[[0-9A-Fa-f:.]{2,45}\]|[0-9A-Za-z.-]{1,255})(?::[0-9]{1,5})?", re.DOTALL
+)
 
 
 def parse_level(version: RoomVersion, value: object) -> int | None:
@@ -77,12 +79,10 @@ def is_valid_user_id(user_id: object) -> bool:
     The historical grammar: ``@``, a localpart of anything but ``:`` and NUL (possibly
     empty), ``:``, a server name; at most 255 bytes in all.
     """
-    if type(user_id) is not str or not user_id.startswith("@"):
+    if type(user_id) is not str or _USER_ID.fullmatch(user_id) is None:
         return False
-    localpart, sep, server = user_id[1:].partition(":")
-    if not sep or "\x00" in localpart or _SERVER_NAME.fullmatch(server) is None:
-        return False
-    return len(user_id.encode("utf-8", "surrogatepass")) <= 255
+    # Up to 63 characters cannot exceed 255 bytes of UTF-8; only longer IDs are encoded.
+    return len(user_id) <= 63 or len(user_id.encode("utf-8", "surrogatepass")) <= 255
 
 
 def domain_of(identifier: object) -> str | None:

@@ -11,7 +11,7 @@ so a rejection can be traced to the spec.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from nacl.exceptions import BadSignatureError
@@ -649,18 +649,16 @@ def _check_power_levels(
                         f"Power levels {map_name} is not an object of integers (rule 9.2)"
                     )
     # v1 rule 10.1.
-    users: dict[str, int] = {}
+    users: Mapping[str, Any] = {}
     if "users" in content:
-        raw_users = content["users"]
-        if not isinstance(raw_users, dict):
+        users = content["users"]
+        if not isinstance(users, dict):
             raise _reject("Power levels users is not an object (rule 10.1)")
-        for user, value in raw_users.items():
+        for user, value in users.items():
             if not is_valid_user_id(user):
                 raise _reject(f"Power levels users has an invalid user ID {user!r} (rule 10.1)")
-            level = parse_level(version, value)
-            if level is None:
+            if type(value) is not int and parse_level(version, value) is None:
                 raise _reject(f"Invalid power level for {user!r}: {value!r} (rule 10.1)")
-            users[user] = level
 
     if version.privileged_creators:
         # v12 rule 10.4.
@@ -674,11 +672,9 @@ def _check_power_levels(
         return
     old_content = _content(current)
 
-    for name in _NAMED_LEVELS:
-        old = level_or_reject(version, old_content[name], name) if name in old_content else None
-        new = level_or_reject(version, content[name], name) if name in content else None
-        if old == new:
-            continue
+    # Rules 10.3-10.7 look only at alterations, so only altered values are parsed:
+    # a change to one user of a big room costs one comparison per entry.
+    for name, old, new in _alterations(version, old_content, content, "levels"):
         if old is not None and old > sender_level:
             raise _reject(f"Cannot change {name} from {old}, above the sender's level")
         if new is not None and new > sender_level:
@@ -688,13 +684,7 @@ def _check_power_levels(
         ("events", "notifications") if version.limit_notifications_power_levels else ("events",)
     )
     for map_name in checked_maps:
-        old_map = _level_map(version, old_content, map_name)
-        new_map = _level_map(version, content, map_name)
-        for key in old_map.keys() | new_map.keys():
-            old = old_map.get(key)
-            new = new_map.get(key)
-            if old == new:
-                continue
+        for key, old, new in _alterations(version, old_content, content, map_name):
             if old is not None and old > sender_level:
                 raise _reject(
                     f"Cannot change {map_name}[{key!r}] from {old}, above the sender's level"
@@ -702,24 +692,51 @@ def _check_power_levels(
             if new is not None and new > sender_level:
                 raise _reject(f"Cannot set {map_name}[{key!r}] to {new}, above the sender's level")
 
-    old_users = _level_map(version, old_content, "users")
-    for user in old_users.keys() | users.keys():
-        old = old_users.get(user)
-        new = users.get(user)
-        if old == new:
-            continue
+    for user, old, new in _alterations(version, old_content, content, "users"):
         if old is not None and user != sender and old >= sender_level:
             raise _reject(f"Cannot change the level of {user}, not below the sender's")
         if new is not None and new > sender_level:
             raise _reject(f"Cannot give {user} level {new}, above the sender's level")
 
 
-def _level_map(version: RoomVersion, content: Mapping[str, Any], map_name: str) -> dict[str, int]:
-    if map_name not in content:
+_MISSING = object()
+
+
+def _level_entries(content: Mapping[str, Any], map_name: str) -> Mapping[str, Any]:
+    if map_name == "levels":
+        return content
+    raw = content.get(map_name, _MISSING)
+    if raw is _MISSING:
         return {}
-    raw = content[map_name]
     if not isinstance(raw, dict):
         raise _reject(f"Power levels {map_name} is not an object")
-    return {
-        key: level_or_reject(version, value, f"{map_name}[{key!r}]") for key, value in raw.items()
-    }
+    return raw
+
+
+def _alterations(
+    version: RoomVersion,
+    old_content: Mapping[str, Any],
+    new_content: Mapping[str, Any],
+    map_name: str,
+) -> list[tuple[str, int | None, int | None]]:
+    """The entries of ``map_name`` (``"levels"``: the named top-level levels) added,
+    changed or removed, as (key, old level or None, new level or None)."""
+    old_map = _level_entries(old_content, map_name)
+    new_map = _level_entries(new_content, map_name)
+    keys: Iterable[str] = _NAMED_LEVELS if map_name == "levels" else new_map
+    found = []
+    for key in keys:
+        new_raw = new_map.get(key, _MISSING)
+        old_raw = old_map.get(key, _MISSING)
+        # Same JSON value, no alteration. The type test keeps 1 and true apart.
+        if type(new_raw) is type(old_raw) and new_raw == old_raw:
+            continue
+        old = None if old_raw is _MISSING else level_or_reject(version, old_raw, f"{key}")
+        new = None if new_raw is _MISSING else level_or_reject(version, new_raw, f"{key}")
+        if old != new:
+            found.append((key, old, new))
+    if map_name != "levels":
+        for key, old_raw in old_map.items():
+            if key not in new_map:
+                found.append((key, level_or_reject(version, old_raw, f"{key}"), None))
+    return found
