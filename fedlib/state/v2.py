@@ -256,7 +256,10 @@ def _iterative_auth_checks(
                 current = base.get(akey)
             if current is not None:
                 chosen[akey] = current
-        if version.room_id_is_create_hash and CREATE_KEY not in chosen:
+        if version.room_id_is_create_hash:
+            # v12's selection leaves the create event out (events do not list
+            # it), but it is authorising all the same: the state's one wins over
+            # the implicit link, as for any other auth type.
             current = overlay.get(CREATE_KEY) or base.get(CREATE_KEY)
             if current is not None:
                 chosen[CREATE_KEY] = current
