@@ -78,6 +78,8 @@ def _resolve(schema: Any, base: Path, depth: int = 0) -> Any:
         merged: dict[str, Any] = {"properties": {}, "required": []}
         for part in schema["allOf"]:
             part = _resolve(part, base, depth + 1)
+            if not isinstance(part, dict):
+                continue
             merged["properties"].update(part.get("properties", {}))
             merged["required"] += part.get("required", [])
             merged.setdefault("type", part.get("type"))
