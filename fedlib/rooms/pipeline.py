@@ -37,7 +37,7 @@ from fedlib.auth.rules import auth_types_with, check_auth_events_list, check_aut
 from fedlib.errors import AuthError, MatrixError, StateResolutionError
 from fedlib.events.hashing import event_id_with
 from fedlib.events.room_versions import RoomVersion, get_room_version
-from fedlib.storage.interface import EventStatus, PersistItem
+from fedlib.storage.interface import EventStatus, PersistItem, StateRef
 
 __all__ = ["IncomingPduPipeline", "PduOutcome"]
 
@@ -119,7 +119,8 @@ class _Batch:
     tip, so they need no store reads, and the run costs one write.
     """
 
-    items: list[PersistItem] = attrs.field(factory=list)
+    #: Each event to persist with the state before it as a map (for the hooks).
+    items: list[tuple[PersistItem, dict[StateKey, str]]] = attrs.field(factory=list)
     tip_id: str | None = None
     tip_state: dict[StateKey, str] = attrs.field(factory=dict)
     outcomes: dict[str, PduOutcome] = attrs.field(factory=dict)
@@ -293,11 +294,13 @@ class IncomingPduPipeline:
 
         # Step 5: the state before the event.
         state_before: dict[StateKey, str] | None
+        state_ref: StateRef | None = None
         if chained:
-            assert batch is not None
+            assert batch is not None and batch.tip_id is not None
             state_before = dict(batch.tip_state)
+            state_ref = StateRef(batch.tip_id)
         else:
-            state_before = await self._state_before(
+            state_before, state_ref = await self._state_before(
                 origin, room_id, version, event_id, event, deadline, fetch_missing
             )
         if state_before is None:
@@ -333,11 +336,11 @@ class IncomingPduPipeline:
             event_id=event_id,
             status=status,
             rejection_reason=reason,
-            state_before=state_before,
+            state_before=state_ref if state_ref is not None else state_before,
         )
         outcome = PduOutcome(event_id, status, reason)
         if batch is not None:
-            batch.items.append(item)
+            batch.items.append((item, state_before))
             batch.outcomes[event_id] = outcome
             self._put(event_id, event, status is EventStatus.REJECTED)
             if status is EventStatus.ACCEPTED:
@@ -349,7 +352,7 @@ class IncomingPduPipeline:
             else:
                 batch.tip_id = None
             return outcome
-        await self._persist_and_announce(room_id, version, [item])
+        await self._persist_and_announce(room_id, version, [(item, state_before)])
         return outcome
 
     async def _flush(self, room_id: str, version: RoomVersion, batch: _Batch) -> None:
@@ -357,8 +360,12 @@ class IncomingPduPipeline:
             await self._persist_and_announce(room_id, version, batch.items)
 
     async def _persist_and_announce(
-        self, room_id: str, version: RoomVersion, items: list[PersistItem]
+        self,
+        room_id: str,
+        version: RoomVersion,
+        entries: list[tuple[PersistItem, dict[StateKey, str]]],
     ) -> None:
+        items = [item for item, _ in entries]
         try:
             orderings = await self.store.persist_events(room_id, items)
         except BaseException:
@@ -376,10 +383,10 @@ class IncomingPduPipeline:
                 room_id=room_id,
                 room_version=version.identifier,
                 event=item.event,
-                state_before=dict(item.state_before or {}),  # type: ignore[arg-type]
+                state_before=state,
                 stream_ordering=int((orderings or {}).get(item.event_id, 0)),
             )
-            for item in items
+            for item, state in entries
             if item.status is EventStatus.ACCEPTED
         ]
         if new:
@@ -538,12 +545,16 @@ class IncomingPduPipeline:
         event: Mapping[str, Any],
         deadline: _Deadline,
         fetch_missing: bool,
-    ) -> dict[StateKey, str] | None:
+    ) -> tuple[dict[StateKey, str] | None, StateRef | None]:
+        """The state before ``event`` and, when it is simply the stored state after
+        its one prev event, a reference to that (much cheaper to persist)."""
         prevs = _ref_ids(event.get("prev_events"))
         if not prevs:
             # Only a create event has no prev_events; validation refused others.
-            return {}
+            return {}, None
         states = await self.store.get_state_after_events(prevs)
+        if len(prevs) == 1 and prevs[0] in states:
+            return dict(states[prevs[0]]), StateRef(prevs[0])
         missing = [p for p in prevs if p not in states]
         if missing and fetch_missing and self.gaps is not None:
             await self._fill_prev_events(origin, room_id, version, event, deadline)
@@ -551,18 +562,18 @@ class IncomingPduPipeline:
             missing = [p for p in prevs if p not in states]
         if missing:
             if self.gaps is None:
-                return None
+                return None, None
             for prev in missing:
                 state = await self._fetch_state_after(origin, room_id, version, prev, deadline)
                 if state is None:
-                    return None
+                    return None, None
                 states[prev] = state
         state_sets = [states[p] for p in prevs]
         try:
-            return await self._resolve(version, state_sets)
+            return await self._resolve(version, state_sets), None
         except StateResolutionError as e:
             log.info("State resolution before {eid} failed: {e!r}", eid=event_id, e=e)
-            return None
+            return None, None
 
     async def _fill_prev_events(
         self,
