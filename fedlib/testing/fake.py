@@ -45,7 +45,7 @@ from fedlib.rooms.builder import (
     event_refs,
     room_creation_templates,
 )
-from fedlib.testing.loopback import tls_endpoint
+from fedlib.testing.loopback import _Tracker, tls_endpoint
 from fedlib.tls import ensure_self_signed
 
 __all__ = ["FakeRemoteServer", "FakeRoom", "ReceivedRequest"]
@@ -216,8 +216,9 @@ class FakeRemoteServer:
         ensure_self_signed(cert, key, "127.0.0.1")
         site = Site(_Resource(self))  # type: ignore[no-untyped-call]
         site.noisy = False
+        self._tracker = _Tracker(site)
         endpoint = serverFromString(self.reactor, tls_endpoint(port, cert, key))  # type: ignore[no-untyped-call]
-        self.port = yield endpoint.listen(site)
+        self.port = yield endpoint.listen(self._tracker)
         self.server_name = f"127.0.0.1:{self.port.getHost().port}"
         tls = TLSOptions(verify_tls=False)
         # No DNS resolver: names here are IP literals, and the system resolver
@@ -238,6 +239,7 @@ class FakeRemoteServer:
         if self.port is not None:
             yield self.port.stopListening()
             self.port = None
+            yield self._tracker.close_all()
         pool = getattr(getattr(self.client, "agent", None), "pool", None)
         if pool is not None:
             yield pool.closeCachedConnections()

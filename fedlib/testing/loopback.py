@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import attrs
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.internet.endpoints import serverFromString
+from twisted.protocols.policies import WrappingFactory
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
@@ -65,6 +66,25 @@ class _Late(Resource):
         return NOT_DONE_YET if result is NOT_DONE_YET else result
 
 
+class _Tracker(WrappingFactory):
+    """A factory remembering its open connections so that a test can close them:
+    peers keep connections alive, and trial fails a test that leaves one open."""
+
+    def __init__(self, wrapped: Any) -> None:
+        super().__init__(wrapped)  # type: ignore[no-untyped-call]
+
+    @defer.inlineCallbacks
+    def close_all(self, timeout: float = 5.0) -> Any:
+        from twisted.internet import reactor
+
+        for proto in list(self.protocols):
+            if proto.transport is not None:
+                proto.transport.abortConnection()
+        deadline = reactor.seconds() + timeout  # type: ignore[attr-defined]
+        while self.protocols and reactor.seconds() < deadline:  # type: ignore[attr-defined]
+            yield task.deferLater(reactor, 0.01, lambda: None)
+
+
 @attrs.define(eq=False)
 class LoopbackServer:
     """A started :class:`FederationService` and its TLS port."""
@@ -72,6 +92,7 @@ class LoopbackServer:
     service: Any
     port: Any
     directory: Path
+    tracker: Any = None
 
     @property
     def server_name(self) -> str:
@@ -87,6 +108,8 @@ class LoopbackServer:
         if self.service.running:
             yield self.service.stopService()
         yield defer.maybeDeferred(self.port.stopListening)
+        if self.tracker is not None:
+            yield self.tracker.close_all()
 
 
 @defer.inlineCallbacks
@@ -127,7 +150,8 @@ def start_loopback(
     late = _Late()
     limits = config_kwargs.pop("limits", Limits())
     site = build_site(late, limits.max_request_body)
-    listening = yield serverFromString(reactor, tls_endpoint(port, cert, key)).listen(site)  # type: ignore[no-untyped-call]
+    tracker = _Tracker(site)
+    listening = yield serverFromString(reactor, tls_endpoint(port, cert, key)).listen(tracker)  # type: ignore[no-untyped-call]
     try:
         if store is None:
             store = yield open_store(database, reactor) if database else MemoryStore()
@@ -147,4 +171,4 @@ def start_loopback(
     except BaseException:
         yield listening.stopListening()
         raise
-    return LoopbackServer(service, listening, path)
+    return LoopbackServer(service, listening, path, tracker)
