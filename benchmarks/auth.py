@@ -98,7 +98,7 @@ def cpu_per_call(fn: Callable[[], None], rounds: int, min_time: float = 0.05) ->
 def _checker(
     version: str,
     event: dict[str, Any],
-    auth_events: Mapping[tuple[str, str], dict[str, Any]],
+    auth_events: Mapping[tuple[str, str], Mapping[str, Any]],
     create_event_id: str | None = None,
 ) -> Callable[[], None]:
     def run() -> None:
