@@ -9,7 +9,7 @@ and through ``check_auth_events_list`` on the event's own listed auth events.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import attrs
@@ -1874,6 +1874,44 @@ class TableShapeTests(unittest.TestCase):
         for version in ALL_VERSIONS:
             n = sum(1 for c in CASES if version in c.versions)
             self.assertGreater(n, 100, version)
+
+
+class _RecordingState(Mapping[tuple[str, str], Event]):
+    """A state map that records which keys are read."""
+
+    def __init__(self, state: Mapping[tuple[str, str], Event]) -> None:
+        self.state = state
+        self.read: set[tuple[str, str]] = set()
+
+    def __getitem__(self, key: tuple[str, str]) -> Event:
+        self.read.add(key)
+        return self.state[key]
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        raise AssertionError("check_auth must not iterate over the state")
+
+    def __len__(self) -> int:
+        raise AssertionError("check_auth must not size the state")
+
+
+class ReadsOnlySelectedStateTests(unittest.TestCase):
+    """check_auth reads nothing from the state but the auth events selection (and,
+    in v12, the create event), so it may be handed a whole room's state."""
+
+    def test_table(self) -> None:
+        checked = 0
+        for case_ in CASES:
+            for version in case_.versions:
+                built = case_.build(version)
+                room, event = built[0], built[1]
+                if event.get("type") == "m.room.create":
+                    continue
+                state = _RecordingState(built[2] if len(built) == 3 else room.state)
+                _verdict(lambda: check_auth(version, event, state))  # noqa: B023
+                allowed = auth_types_for_event(version, event) | {("m.room.create", "")}
+                self.assertLessEqual(state.read, allowed, f"{case_.name} v{version}")
+                checked += 1
+        self.assertGreater(checked, 1500)
 
 
 # --- auth events selection and the listed auth events ---------------------------------------
