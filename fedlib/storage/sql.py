@@ -96,6 +96,7 @@ class Cursor:
         self.raw = raw
         self.postgres = postgres
         self.after_commit: list[Callable[[], None]] = []
+        self._nested = False
 
     def _sql(self, sql: str) -> str:
         return sql.replace("?", "%s") if self.postgres else sql
@@ -109,8 +110,23 @@ class Cursor:
         return int(self.raw.rowcount)
 
     def many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
-        if rows:
+        """Run ``sql`` once per row. A plain or ``DO NOTHING`` INSERT becomes a few
+        multi-row INSERTs: one round trip per chunk instead of per row, which is
+        what PostgreSQL throughput hinges on. (``DO UPDATE`` keeps one row per
+        statement: PostgreSQL refuses to update a row twice in one command.)"""
+        if not rows:
+            return
+        head, sep, tail = sql.partition(" VALUES (")
+        if not sep or not head.lstrip().upper().startswith("INSERT") or "DO UPDATE" in tail:
             self.raw.executemany(self._sql(sql), [tuple(r) for r in rows])
+            return
+        group, _, suffix = tail.partition(")")
+        width = group.count("?")
+        per = max(1, min(500, 30_000 // max(width, 1)))
+        for chunk in _chunks(rows, per):
+            values = ",".join([f"({group})"] * len(chunk))
+            params = [v for r in chunk for v in r]
+            self.raw.execute(self._sql(f"{head} VALUES {values}{suffix}"), params)
 
     def q_in(
         self, sql: str, ids: Iterable[Any], before: Sequence[Any] = (), after: Sequence[Any] = ()
@@ -122,6 +138,15 @@ class Cursor:
             marks = ",".join("?" * len(chunk))
             out.extend(self.q(sql.format(**{"in": marks}), [*before, *chunk, *after]))
         return out
+
+    def index_nested_loops(self) -> None:
+        """Before recursive queries on PostgreSQL: its planner cannot estimate a
+        recursive CTE and picks hash joins that scan a whole table per step, where
+        index nested loops cost O(rows reached)."""
+        if self.postgres and not self._nested:
+            self._nested = True
+            self.x("SET LOCAL enable_hashjoin = off")
+            self.x("SET LOCAL enable_mergejoin = off")
 
     @property
     def for_update(self) -> str:
@@ -257,6 +282,7 @@ class SqlStore:
 
     def _chain(self, cur: Cursor, gid: int) -> list[tuple[int, int | None, int, int]]:
         """``(id, parent, depth, root_size)`` from ``gid`` down to its snapshot."""
+        cur.index_nested_loops()
         rows = cur.q(
             "WITH RECURSIVE ch(id, parent, depth, root_size) AS ("
             " SELECT id, parent, depth, root_size FROM state_groups WHERE id = ?"
@@ -406,6 +432,9 @@ class SqlStore:
         items: list[PersistItem],
         current_state: StateMap | StateRef | None,
     ) -> dict[str, int]:
+        # Every lookup here is by key; stale statistics on fast-growing tables must
+        # not tempt PostgreSQL into hash joins over whole tables.
+        cur.index_nested_loops()
         # Locking the room row serialises writers to one room across processes, which
         # keeps extremities and current state consistent.
         rows = cur.q(
@@ -504,7 +533,11 @@ class SqlStore:
         if isinstance(current_state, StateRef):
             new_current = ref_group(current_state)
         elif current_state is not None:
-            cands = [old_current] if old_current is not None else []
+            # Most often the caller's map equals the state after one of the batch's
+            # last events (a join's state, say): try those before the old state.
+            cands = [groups[i.event_id][1] for i in reversed(todo) if i.event_id in groups][:3]
+            if old_current is not None:
+                cands.append(old_current)
             new_current = self._group_for_map(cur, room_id, current_state, cands, created)
 
         streams = self._next_streams(cur, len(todo))
@@ -571,18 +604,21 @@ class SqlStore:
             referenced = {
                 r[0]
                 for r in cur.q_in(
-                    "SELECT DISTINCT ed.prev_id FROM event_edges ed JOIN events e"
-                    " ON e.event_id = ed.event_id WHERE ed.prev_id IN ({in})"
-                    " AND e.status = 'accepted'",
+                    "SELECT event_id FROM event_referenced WHERE event_id IN ({in})",
                     [e for e, _ in accepted],
                 )
             }
-            # The batch's own edges are in this answer too; that is harmless because
-            # new_extremities drops every prev of the batch anyway.
-            ext = c.new_extremities(old_ext, accepted, referenced)
             cur.many(
-                "DELETE FROM forward_extremities WHERE room_id = ? AND event_id = ?",
-                [(room_id, e) for e in old_ext - ext],
+                "INSERT INTO event_referenced (event_id) VALUES (?)"
+                " ON CONFLICT (event_id) DO NOTHING",
+                [(p,) for p in dict.fromkeys(p for _, ps in accepted for p in ps)],
+            )
+            ext = c.new_extremities(old_ext, accepted, referenced)
+            cur.q_in(
+                "DELETE FROM forward_extremities WHERE room_id = ? AND event_id IN ({in})"
+                " RETURNING event_id",
+                old_ext - ext,
+                before=(room_id,),
             )
             cur.many(
                 "INSERT INTO forward_extremities (room_id, event_id) VALUES (?, ?)",
@@ -793,11 +829,7 @@ class SqlStore:
         # One recursive query per chunk of starting events; UNION (not UNION ALL)
         # stops at events already reached, so shared chains are walked once.
         out: set[str] = set()
-        if cur.postgres:
-            # The planner cannot estimate a recursive CTE and picks hash joins that
-            # scan all of event_auth per step; index nested loops are O(chain).
-            cur.x("SET LOCAL enable_hashjoin = off")
-            cur.x("SET LOCAL enable_mergejoin = off")
+        cur.index_nested_loops()
         for chunk in _chunks(ids):
             marks = ",".join("?" * len(chunk))
             rows = cur.q(
