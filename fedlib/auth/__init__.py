@@ -2,6 +2,9 @@
 
 Pure and synchronous: plain event dicts in, :class:`~fedlib.errors.AuthError` out
 when an event is not allowed. :func:`check_auth` is the entry point.
+
+No module here keeps state between calls, so every function is safe to call from
+several threads at once (state resolution runs in a thread pool).
 """
 
 from fedlib.auth.power_levels import (
@@ -18,6 +21,7 @@ from fedlib.auth.rules import (
     JOIN_RULES_KEY,
     POWER_LEVELS_KEY,
     auth_types_for_event,
+    auth_types_with,
     check_auth,
     check_auth_events_list,
     check_auth_with,
@@ -30,6 +34,7 @@ __all__ = [
     "NAMED_LEVEL_DEFAULTS",
     "POWER_LEVELS_KEY",
     "auth_types_for_event",
+    "auth_types_with",
     "check_auth",
     "check_auth_events_list",
     "check_auth_with",
