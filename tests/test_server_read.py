@@ -126,3 +126,45 @@ class ReadTests(unittest.TestCase):
         ):
             r = self.h.request("GET", path)
             self.assertEqual((r.code, r.errcode), (403, "M_FORBIDDEN"), path)
+
+
+class HierarchyTests(unittest.TestCase):
+    def setUp(self) -> None:
+        self.remote = Remote("remote.test")
+        self.h = Harness(self.remote)
+        servers = {OUR_NAME: self.h.us, "remote.test": self.remote}
+        self.child = RoomBuilder("10", servers)
+        self.child.create_room(ALICE)
+        self.child.add("m.room.name", ALICE, {"name": "Child"}, "")
+        self.private = RoomBuilder("10", servers)
+        self.private.create_room(ALICE, join_rule="invite")
+        self.space = RoomBuilder("10", servers)
+        self.space.create_room(ALICE)
+        for rb in (self.child, self.private):
+            self.space.add("m.space.child", ALICE, {"via": [OUR_NAME]}, rb.room_id)
+        self.space.add("m.space.child", ALICE, {"via": []}, "!removed:us.test")
+        for rb in (self.child, self.private, self.space):
+            self.successResultOf(rb.persist_all(self.h.store))
+
+    def test_from_state(self) -> None:
+        r = self.h.request("GET", f"{V1}/hierarchy/{self.space.room_id}")
+        self.assertEqual(r.code, 200, r.json)
+        self.assertEqual(len(r.json["room"]["children_state"]), 2)
+        self.assertEqual(r.json["room"]["num_joined_members"], 1)
+        self.assertEqual([c["name"] for c in r.json["children"]], ["Child"])
+        self.assertEqual(r.json["inaccessible_children"], [self.private.room_id])
+
+    def test_inaccessible_and_unknown(self) -> None:
+        r = self.h.request("GET", f"{V1}/hierarchy/{self.private.room_id}")
+        self.assertEqual((r.code, r.errcode), (404, "M_NOT_FOUND"))
+        r = self.h.request("GET", f"{V1}/hierarchy/!nope:us.test")
+        self.assertEqual((r.code, r.errcode), (404, "M_NOT_FOUND"))
+
+    def test_hook_answer_wins(self) -> None:
+        self.h.hooks.get_hierarchy = lambda room_id, suggested: {  # type: ignore[method-assign]
+            "room": {"room_id": room_id},
+            "children": [],
+            "inaccessible_children": [],
+        }
+        r = self.h.request("GET", f"{V1}/hierarchy/!any:us.test?suggested_only=true")
+        self.assertEqual(r.json["room"], {"room_id": "!any:us.test"})

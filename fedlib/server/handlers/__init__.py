@@ -10,9 +10,17 @@ __all__ = ["all_routes"]
 
 def all_routes(ctx: ServerContext) -> list[Route]:
     """Every route the federation Resource tree serves."""
-    from fedlib.server.handlers import events, keys, membership, query, transactions, version
+    from fedlib.server.handlers import (
+        events,
+        hierarchy,
+        keys,
+        membership,
+        query,
+        transactions,
+        version,
+    )
 
     routes: list[Route] = []
-    for module in (version, keys, query, transactions, events, membership):
+    for module in (version, keys, query, hierarchy, transactions, events, membership):
         routes.extend(module.routes(ctx))
     return routes

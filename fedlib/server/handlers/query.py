@@ -1,4 +1,4 @@
-"""Queries answered by the embedder: directory, profile, public rooms, hierarchy."""
+"""Queries answered by the embedder: directory, profile, public rooms, devices, keys."""
 
 from __future__ import annotations
 
@@ -91,14 +91,6 @@ def routes(ctx: ServerContext) -> list[Route]:
             None if limit is None else min(limit, _PUBLIC_ROOMS_MAX_LIMIT), since, search
         )
 
-    async def hierarchy(request: FederationRequest) -> tuple[int, Any]:
-        room_id = request.param("roomId")
-        suggested_only = request.query_bool("suggested_only")
-        answer = await ctx.call_hook("get_hierarchy", room_id, suggested_only)
-        if not isinstance(answer, Mapping):
-            raise not_found("Unknown room")
-        return 200, dict(answer)
-
     async def user_devices(request: FederationRequest) -> tuple[int, Any]:
         user_id = request.param("userId")
         if not _local_part_ok(ctx, user_id, "@"):
@@ -150,5 +142,4 @@ def routes(ctx: ServerContext) -> list[Route]:
         Route("GET", "/_matrix/federation/v1/query/{queryType}", generic_query),
         Route("GET", "/_matrix/federation/v1/publicRooms", public_rooms_get),
         Route("POST", "/_matrix/federation/v1/publicRooms", public_rooms_post),
-        Route("GET", "/_matrix/federation/v1/hierarchy/{roomId}", hierarchy, room_param="roomId"),
     ]
