@@ -271,6 +271,11 @@ class Keyring:
         self._inflight[server_name] = [waiter]
 
         def done(_: object) -> None:
+            self._last_fetch.pop(server_name, None)
+            while len(self._last_fetch) >= MAX_CACHED_SERVERS:
+                del self._last_fetch[next(iter(self._last_fetch))]
+            if len(self._last_error) >= MAX_CACHED_SERVERS:
+                self._last_error.clear()
             self._last_fetch[server_name] = self._clock.seconds()
             for w in self._inflight.pop(server_name, []):
                 if not w.called:  # a caller may have cancelled its wait

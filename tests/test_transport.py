@@ -720,3 +720,29 @@ class WellKnownFetcherTests(unittest.TestCase):
         with self.assertRaises(Exception):  # noqa: B017 - any TLS failure will do
             await self.fetcher().fetch(self.url("other.test"), 1000)
         self.assertEqual(self.server.requests, [])
+
+
+class RateLimitTests(unittest.TestCase):
+    def setUp(self) -> None:
+        self.clock = task.Clock()
+        self.agent = FakeAgent()
+        self.client = FederationClient(
+            ORIGIN, KEY, reactor, agent=self.agent, clock=self.clock, rng=lambda: 0.5
+        )
+
+    def test_short_retry_after_is_honoured(self) -> None:
+        limited = (429, b'{"errcode": "M_LIMIT_EXCEEDED", "error": "slow", "retry_after_ms": 2000}')
+        self.agent.answers = [limited, (200, b'{"server": {"name": "n"}}')]
+        d = self.client.version("dest")
+        self.clock.advance(1.9)
+        self.assertEqual(len(self.agent.requests), 1)
+        self.clock.advance(0.2)
+        self.assertEqual(self.successResultOf(d), {"name": "n"})
+        self.assertIsNone(self.successResultOf(self.client.backoff.get_destination_retry("dest")))
+
+    def test_long_retry_after_is_an_error(self) -> None:
+        limited = (429, b'{"errcode": "M_LIMIT_EXCEEDED", "retry_after_ms": 600000}')
+        self.agent.answers = [limited]
+        f = self.failureResultOf(self.client.version("dest"), RemoteError)
+        self.assertEqual((f.value.code, f.value.errcode), (429, "M_LIMIT_EXCEEDED"))
+        self.assertEqual(len(self.agent.requests), 1)

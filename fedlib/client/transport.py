@@ -58,6 +58,9 @@ DEFAULT_GET_RETRIES = 2
 #: First delay between those attempts, seconds (doubling, +-25 % jitter).
 RETRY_BASE_DELAY = 0.5
 
+#: Longest ``retry_after_ms`` of a 429 answer that a retried call waits for.
+MAX_RATE_LIMIT_WAIT_MS = 5_000
+
 #: Destination backoff: first interval, growth factor and cap, milliseconds.
 BACKOFF_MIN_MS = 30_000
 BACKOFF_MULTIPLIER = 2
@@ -298,6 +301,16 @@ def _transport_error(e: Exception, destination: str, what: str, timed_out: bool)
     return FederationRequestError(destination, f"{what} failed: {type(e).__name__}: {e}"[:300])
 
 
+def _rate_limit_wait_ms(e: MatrixError) -> int | None:
+    """The ``retry_after_ms`` of a 429 answer when it is short enough to wait for."""
+    if not isinstance(e, RemoteError) or e.code != 429:
+        return None
+    wait = e.body.get("retry_after_ms")
+    if isinstance(wait, int) and not isinstance(wait, bool) and 0 <= wait <= MAX_RATE_LIMIT_WAIT_MS:
+        return wait
+    return None
+
+
 def _q(segment: str) -> str:
     return quote(segment, safe="")
 
@@ -480,6 +493,12 @@ class FederationClient:
                     delay = RETRY_BASE_DELAY * (2**attempt) * (0.75 + 0.5 * self._rng())
                     attempt += 1
                     await task.deferLater(self._clock, delay, lambda: None)
+                    continue
+                wait_ms = _rate_limit_wait_ms(e)
+                if wait_ms is not None and attempt < retries:
+                    # Rate limited with a short, explicit wait: honour it and try again.
+                    attempt += 1
+                    await task.deferLater(self._clock, wait_ms / 1000, lambda: None)
                     continue
                 if not ignore_backoff:
                     if transient:
