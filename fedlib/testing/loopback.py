@@ -57,8 +57,16 @@ class _Late(Resource):
     def __init__(self) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self.target: Any = None
+        #: Requests being answered (so that stopping can wait for them).
+        self.inflight = 0
 
     def render(self, request: Request) -> Any:  # type: ignore[override]
+        self.inflight += 1
+
+        def done(_: object) -> None:
+            self.inflight -= 1
+
+        request.notifyFinish().addBoth(done)  # type: ignore[no-untyped-call]
         if self.target is None:
             request.setResponseCode(503)
             return b'{"errcode":"M_UNKNOWN","error":"starting"}'
@@ -93,6 +101,7 @@ class LoopbackServer:
     port: Any
     directory: Path
     tracker: Any = None
+    front: Any = None
 
     @property
     def server_name(self) -> str:
@@ -103,13 +112,22 @@ class LoopbackServer:
         return f"@{localpart}:{self.server_name}"
 
     @defer.inlineCallbacks
-    def stop(self) -> Any:
-        """Stop the service (closing its store) and the TLS port."""
-        if self.service.running:
-            yield self.service.stopService()
+    def stop(self, grace: float = 10.0) -> Any:
+        """Stop accepting connections, let requests being answered finish (up to
+        ``grace`` seconds), close the remaining connections, then stop the
+        service (which closes its store)."""
+        from twisted.internet import reactor
+
         yield defer.maybeDeferred(self.port.stopListening)
+        deadline = reactor.seconds() + grace  # type: ignore[attr-defined]
+        while (
+            self.front is not None and self.front.inflight and reactor.seconds() < deadline  # type: ignore[attr-defined]
+        ):
+            yield task.deferLater(reactor, 0.02, lambda: None)
         if self.tracker is not None:
             yield self.tracker.close_all()
+        if self.service.running:
+            yield self.service.stopService()
 
 
 @defer.inlineCallbacks
@@ -171,4 +189,4 @@ def start_loopback(
     except BaseException:
         yield listening.stopListening()
         raise
-    return LoopbackServer(service, listening, path, tracker)
+    return LoopbackServer(service, listening, path, tracker, late)
