@@ -50,7 +50,7 @@ Notify = Callable[..., Awaitable[Any]]
 #: Resolutions touching more events than this run in a thread.
 THREAD_THRESHOLD = 500
 #: Events kept for auth checks.
-CACHE_SIZE = 20_000
+CACHE_SIZE = 5_000
 #: Events accepted from one /get_missing_events answer.
 MAX_MISSING_EVENTS = 100
 
@@ -155,9 +155,12 @@ class IncomingPduPipeline:
         self.pdu_timeout = pdu_timeout
         self.thread_threshold = thread_threshold
         self._locks: dict[str, tuple[defer.DeferredLock, int]] = {}
-        # Stored events are immutable and a rejection is final, so what auth
-        # checks read can be kept: (event, rejected) by ID, least recent first.
+        # Stored events are immutable and a rejection is final, so the state
+        # events auth checks read can be kept: (event, rejected) by ID, least
+        # recent first. Only state events: nothing else is ever an auth event.
         self._cache: OrderedDict[str, tuple[Mapping[str, Any], bool]] = OrderedDict()
+        # Events each room's current run has persisted through gap filling.
+        self._fresh: dict[str, set[str]] = {}
         self._creates: dict[str, tuple[str, Mapping[str, Any]]] = {}
 
     # -- per-room serialisation -----------------------------------------------
@@ -198,6 +201,15 @@ class IncomingPduPipeline:
             out: dict[str, PduOutcome] = {}
             batch = _Batch()
             run_end = self.clock.seconds() + 2 * self.pdu_timeout
+            self._fresh[room_id] = set()
+            try:
+                return await run(out, batch, run_end)
+            finally:
+                self._fresh.pop(room_id, None)
+
+        async def run(
+            out: dict[str, PduOutcome], batch: _Batch, run_end: float
+        ) -> dict[str, PduOutcome]:
             # One read for what the whole run needs: whether each PDU is known, and
             # the auth events the cache lacks.
             wanted = {e for e, _ in ordered}
@@ -255,10 +267,9 @@ class IncomingPduPipeline:
             return batch.outcomes[event_id]
         chained = batch is not None and batch.extends_tip(event)
         auth_ids = _ref_ids(event.get("auth_events"))
-        if prefetched is not None and (event_id in prefetched or event_id not in self._cache):
-            # Auth events missing from the cache now are missing from the store.
-            # (An event cached since the prefetch was stored by gap filling in
-            # this run and is looked up afresh below.)
+        fresh = self._fresh.get(room_id, set())
+        if prefetched is not None and (event_id in prefetched or event_id not in fresh):
+            # (An event gap filling stored since the prefetch is looked up afresh.)
             seen: Mapping[str, Any] = prefetched
         else:
             seen = await self.store.get_events(
@@ -279,13 +290,13 @@ class IncomingPduPipeline:
         if auth_events is None:
             return PduOutcome(event_id, None, "Could not fetch the event's auth events")
         try:
-            rejected = sorted(e for e in auth_events if self._cache.get(e, ({}, False))[1])
+            rejected = sorted(e for e, (_, r) in auth_events.items() if r)
             if rejected:
                 raise AuthError(f"Auth event {rejected[0]} was rejected")
             auth_map = check_auth_events_list(
                 version.identifier,
                 event,
-                list(auth_events.values()),
+                [ev for ev, _ in auth_events.values()],
                 create_event=create[1] if create else None,
             )
             check_auth_with(version, event, auth_map, create[0] if create else None)
@@ -375,6 +386,9 @@ class IncomingPduPipeline:
             raise
         for item in items:
             self._put(item.event_id, item.event, item.status is EventStatus.REJECTED)
+        fresh = self._fresh.get(room_id)
+        if fresh is not None:
+            fresh.update(item.event_id for item in items)
         from fedlib.hooks import NewPdu
 
         new = [
@@ -408,6 +422,8 @@ class IncomingPduPipeline:
     # -- helpers ---------------------------------------------------------------
 
     def _put(self, event_id: str, event: Mapping[str, Any], rejected: bool) -> None:
+        if "state_key" not in event:
+            return
         self._cache[event_id] = (event, rejected)
         self._cache.move_to_end(event_id)
         while len(self._cache) > CACHE_SIZE:
@@ -420,10 +436,13 @@ class IncomingPduPipeline:
     async def _load(self, event_ids: Iterable[str]) -> dict[str, tuple[Mapping[str, Any], bool]]:
         """``(event, rejected)`` of the stored ones among ``event_ids``."""
         ids = list(event_ids)
-        missing = [e for e in ids if e not in self._cache]
+        out = {e: self._cache[e] for e in ids if e in self._cache}
+        missing = [e for e in ids if e not in out]
         if missing:
-            self._remember((await self.store.get_events(missing)).values())
-        return {e: self._cache[e] for e in ids if e in self._cache}
+            for stored in (await self.store.get_events(missing)).values():
+                out[stored.event_id] = (stored.event, stored.status is EventStatus.REJECTED)
+                self._put(stored.event_id, stored.event, stored.status is EventStatus.REJECTED)
+        return out
 
     async def _create_event(self, room_id: str) -> tuple[str, Mapping[str, Any]] | None:
         cached = self._creates.get(room_id)
@@ -461,9 +480,9 @@ class IncomingPduPipeline:
         event_id: str,
         event: Mapping[str, Any],
         deadline: _Deadline,
-    ) -> dict[str, Mapping[str, Any]] | None:
-        """The event's listed auth events by ID, fetching missing ones; ``None`` if
-        some stay missing."""
+    ) -> dict[str, tuple[Mapping[str, Any], bool]] | None:
+        """The event's listed auth events by ID as ``(event, rejected)``, fetching
+        missing ones; ``None`` if some stay missing."""
         wanted = _ref_ids(event.get("auth_events"))
         loaded = await self._load(wanted)
         missing = [e for e in wanted if e not in loaded]
@@ -494,7 +513,7 @@ class IncomingPduPipeline:
             loaded = await self._load(wanted)
             if any(e not in loaded for e in wanted):
                 return None
-        return {eid: loaded[eid][0] for eid in wanted}
+        return {eid: loaded[eid] for eid in wanted}
 
     async def _store_outliers(
         self, room_id: str, version: RoomVersion, events: Iterable[Mapping[str, Any]]
