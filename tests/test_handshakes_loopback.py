@@ -30,7 +30,8 @@ class TwoServersTests(unittest.TestCase):
     def wait(self, predicate: Any) -> Any:
         from twisted.internet import reactor, task
 
-        for _ in range(200):
+        # Generous: the machine running the tests may be busy.
+        for _ in range(1200):
             if (yield predicate()):
                 return
             yield task.deferLater(reactor, 0.05, lambda: None)
