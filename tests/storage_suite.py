@@ -253,6 +253,7 @@ class StoreTestsMixin:
         evs = yield self.store.get_events(["$late"])
         self.assertTrue(evs["$late"].outlier)
         self.assertIsNone((yield self.store.get_state_before("$late")))
+        self.assertEqual((yield self.store.get_max_depth(ROOM)), 3)  # outliers do not count
         self.assertEqual((yield self.store.get_forward_extremities(ROOM)), {"$pl"})
         so = yield self.store.persist_events(
             ROOM, [PersistItem(m, "$late", state_before=StateRef("$pl"))]
@@ -298,6 +299,14 @@ class StoreTestsMixin:
         )
         self.assertEqual((yield self.store.get_current_state(ROOM)), smaller)
         self.assertEqual((yield self.store.get_state_before("$m")), smaller)
+        cse = yield self.store.get_current_state_events(ROOM)
+        self.assertEqual({k: v.event_id for k, v in cse.items()}, smaller)
+        # Back to the state after $pl by reference, in a batch of its own.
+        m2 = ev("$m2", ["$m"], 5)
+        yield self.store.persist_events(
+            ROOM, [PersistItem(m2, "$m2", state_before=smaller)], current_state=StateRef("$pl")
+        )
+        self.assertEqual((yield self.store.get_current_state(ROOM)), state)
 
     @defer.inlineCallbacks
     def test_batch_is_atomic(self) -> Generator[Any, Any, None]:
@@ -478,6 +487,9 @@ class StoreTestsMixin:
         self.clock.now += 2000  # w1's claim lapses
         c3 = yield s.claim_received_transaction("o", "t1", "w2", lease_ms=1000)
         self.assertEqual(c3.status, TxnClaimStatus.CLAIMED)
+        again = yield s.claim_received_transaction("o", "t1", "w2", lease_ms=1000)
+        self.assertEqual(again.status, TxnClaimStatus.CLAIMED)  # a retry by the owner
+        self.assertIsNone((yield s.get_received_transaction("o", "t1")))
         yield s.store_received_transaction("o", "t1", {"pdus": {"$e": {}}})
         c4 = yield s.claim_received_transaction("o", "t1", "w1")
         self.assertEqual((c4.status, c4.response), (TxnClaimStatus.DONE, {"pdus": {"$e": {}}}))

@@ -68,6 +68,7 @@ class MemoryStore:
         self._referenced: set[str] = set()
         self._by_ts: dict[str, list[tuple[int, int, str]]] = {}
         self._stream = 0
+        self._max_depth: dict[str, int] = {}
         self._txns: dict[tuple[str, str], _Txn] = {}
         self._queue_pos = 0
         self._pdu_queue: dict[str, dict[str, QueuedPdu]] = {}
@@ -209,6 +210,7 @@ class MemoryStore:
             result[item.event_id] = self._stream
             if item.status is EventStatus.OUTLIER:
                 continue
+            self._max_depth[room_id] = max(self._max_depth.get(room_id, 0), stored.depth)
             before, after = pending[item.event_id]
             self._state_before[item.event_id] = before
             self._state_after[item.event_id] = after
@@ -250,12 +252,7 @@ class MemoryStore:
         return _ok(set(self._extremities.get(room_id, ())))
 
     def get_max_depth(self, room_id: str) -> D[int]:
-        depths = [
-            e.depth
-            for e in self._events.values()
-            if e.room_id == room_id and e.status is not EventStatus.OUTLIER
-        ]
-        return _ok(max(depths, default=0))
+        return _ok(self._max_depth.get(room_id, 0))
 
     def get_max_stream_ordering(self) -> D[int]:
         return _ok(self._stream)

@@ -56,9 +56,12 @@ class PostgresStore(SqlStore):
             raise ValueError(f"bad schema name {schema!r}")
         self._reactor: Any = reactor
         self._schema = schema
-        kwargs: dict[str, Any] = {"autocommit": True}
+        # JIT compilation is for analytics: recursive CTEs have huge cost estimates,
+        # and compiling them took 300 ms for a query that runs in 0.3 ms.
+        options = "-c jit=off"
         if schema is not None:
-            kwargs["options"] = f"-c search_path={schema}"
+            options += f" -c search_path={schema}"
+        kwargs: dict[str, Any] = {"autocommit": True, "options": options}
         self._pool = ConnectionPool(
             conninfo, min_size=1, max_size=max_connections, kwargs=kwargs, open=False
         )

@@ -145,8 +145,10 @@ class Cursor:
         index nested loops cost O(rows reached)."""
         if self.postgres and not self._nested:
             self._nested = True
-            self.x("SET LOCAL enable_hashjoin = off")
-            self.x("SET LOCAL enable_mergejoin = off")
+            self.q(
+                "SELECT set_config('enable_hashjoin', 'off', true),"
+                " set_config('enable_mergejoin', 'off', true)"
+            )
 
     @property
     def for_update(self) -> str:
