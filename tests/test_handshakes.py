@@ -64,6 +64,7 @@ class Resident:
         self.mode: set[str] = set()
         self.calls: list[str] = []
         self.sent_joins: list[dict[str, Any]] = []
+        self.held: list[Any] = []
         for i in range(members):
             self.add(
                 self._build(f"@m{i}:hs1", "m.room.member", {"membership": "join"}, f"@m{i}:hs1")
@@ -225,6 +226,13 @@ class FakeClient:
             state.append(dict(state[0], room_id="!other:hs1"))
         if "slow_send_join" in res.mode:
             return defer.Deferred()
+        if "held_send_join" in res.mode:
+            answer = res._answer(
+                SendJoinResponse(dest, tuple(state), tuple(auth_chain), returned, False, None)
+            )
+            held: defer.Deferred[Any] = defer.Deferred()
+            res.held.append(lambda: answer.chainDeferred(held))
+            return held
         if "garbage" in res.mode:
             return defer.succeed({"state": "nonsense"})
         return res._answer(
@@ -541,6 +549,19 @@ class JoinTests(HandshakeTestBase):
         res.mode.add("bad_version")
         err = self.join_fails(res, "999")
         self.assertEqual(err.errcode, "M_INCOMPATIBLE_ROOM_VERSION")
+
+    def test_joins_of_one_room_are_serialised(self) -> None:
+        res = self.resident()
+        res.mode.add("held_send_join")
+        first = self.handshakes.join_room(res.room_id, BOB, ["hs1"])
+        second = self.handshakes.join_room(res.room_id, "@dave:us", ["hs1"])
+        self.assertEqual(res.calls.count("make_join"), 1)
+        res.held.pop(0)()
+        self.assertIsInstance(_result(first), JoinResult)
+        self.assertEqual(res.calls.count("make_join"), 2)
+        res.held.pop(0)()
+        self.assertIsInstance(_result(second), JoinResult)
+        self.assertEqual(self.handshakes._join_locks, {})
 
     def test_remote_user_refused(self) -> None:
         res = self.resident()

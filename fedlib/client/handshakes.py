@@ -321,6 +321,8 @@ class Handshakes:
         #: room_id -> Deferred of the running full-state fetch (one per partial room).
         self._resyncs: dict[str, defer.Deferred[None]] = {}
         self._waiters: dict[str, list[defer.Deferred[None]]] = {}
+        #: room_id -> lock serialising join handshakes into that room.
+        self._join_locks: dict[str, defer.DeferredLock] = {}
 
     @classmethod
     def from_service(cls, service: Any) -> Handshakes:
@@ -437,6 +439,32 @@ class Handshakes:
                 raise HandshakeError(f"Resolving {room_id_or_alias}", {alias_server: e}) from None
             room_id = directory.room_id
             extra = list(directory.servers)
+        # One handshake per room at a time: two joins persisting the room's state
+        # side by side would race on its current state.
+        lock = self._join_locks.get(room_id)
+        if lock is None:
+            lock = self._join_locks[room_id] = defer.DeferredLock()
+        yield lock.acquire()
+        try:
+            result = yield self._join_locked(
+                room_id, user_id, via_servers, extra, omit_members, content
+            )
+        finally:
+            lock.release()
+            if not lock.locked and not lock.waiting and self._join_locks.get(room_id) is lock:
+                del self._join_locks[room_id]
+        return result
+
+    @defer.inlineCallbacks
+    def _join_locked(
+        self,
+        room_id: str,
+        user_id: str,
+        via_servers: Sequence[str],
+        extra: Sequence[str],
+        omit_members: bool,
+        content: Mapping[str, Any] | None,
+    ) -> Any:
         failures: dict[str, MatrixError] = {}
         for server in self._candidates(room_id, via_servers, extra):
             try:
