@@ -346,8 +346,7 @@ class ReadEndpoints(SynapseTestCase):
         self.assertIn("m.room.create", {e["type"] for e in chain})
         with _Timer("fedlib GET synapse /backfill"):
             older = yield client.backfill(dest, room_id, [event_id], 10, room_version="11")
-        self.assertIn("m.room.create", {e["type"] for e in older} | {"m.room.create"})
-        self.assertTrue(older)
+        self.assertIn("m.room.message", {e["type"] for e in older})
         with _Timer("fedlib GET synapse /timestamp_to_event"):
             found = yield client.timestamp_to_event(dest, room_id, 0, "f")
         self.assertTrue(found.event_id.startswith("$"))
