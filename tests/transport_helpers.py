@@ -128,6 +128,41 @@ class _Root(resource.Resource):
         return payload
 
 
+class _TrackingSite(server.Site):
+    """A Site that can drop every connection it accepted."""
+
+    def __init__(self, root: Any) -> None:
+        super().__init__(root)
+        self.open: dict[Any, defer.Deferred[None]] = {}
+
+    def buildProtocol(self, addr: Any) -> Any:
+        proto = super().buildProtocol(addr)
+        closed: defer.Deferred[None] = defer.Deferred()
+        self.open[proto] = closed
+        lost = proto.connectionLost
+
+        def connection_lost(reason: Any) -> None:
+            self.open.pop(proto, None)
+            try:
+                lost(reason)
+            finally:
+                closed.callback(None)
+
+        proto.connectionLost = connection_lost
+        return proto
+
+    def close_all(self) -> defer.Deferred[Any]:
+        waits = []
+        for proto, closed in list(self.open.items()):
+            # HTTP channels sit behind a wrapper that does not expose the transport.
+            channel = getattr(proto, "_channel", proto)
+            transport = getattr(channel, "transport", None)
+            if transport is not None:
+                waits.append(closed)
+                transport.abortConnection()
+        return defer.gatherResults(waits)
+
+
 class ScriptedServer:
     """A TLS HTTP server on 127.0.0.1 (or ``interface``, e.g. ``::1``); ``routes`` map path prefixes to handlers
     returning ``(code, body)`` or ``body`` (dict → JSON, bytes as is) or a Deferred."""
@@ -135,7 +170,7 @@ class ScriptedServer:
     def __init__(self, cert_pem: bytes, interface: str = "127.0.0.1") -> None:
         self.routes: list[tuple[str, Handler]] = []
         self.requests: list[dict[str, Any]] = []
-        self.site = server.Site(_Root(self))
+        self.site = _TrackingSite(_Root(self))
         self.site.displayTracebacks = False
         options = PrivateCertificate.loadPEM(cert_pem).options()
         self.port = reactor.listenSSL(0, self.site, options, interface=interface)  # type: ignore[attr-defined]
@@ -144,5 +179,8 @@ class ScriptedServer:
     def route(self, prefix: str, handler: Handler) -> None:
         self.routes.insert(0, (prefix, handler))
 
-    def stop(self) -> defer.Deferred[None]:
-        return defer.maybeDeferred(self.port.stopListening)
+    @defer.inlineCallbacks
+    def stop(self) -> Any:
+        """Stop listening and drop connections still open (peers keep pooled ones)."""
+        yield defer.maybeDeferred(self.port.stopListening)
+        yield self.site.close_all()
