@@ -72,6 +72,8 @@ SCHEME = b"matrix-federation"
 CONNECT_TIMEOUT = 10.0
 
 _warned_insecure = False
+#: TLS connection creators kept per certificate name.
+_MAX_CREATORS = 1024
 
 
 #: Address ranges a federation server should not be made to connect to by remote
@@ -284,6 +286,7 @@ class TLSOptions:
 
     def __init__(self, *, verify_tls: bool = True, ca_bundle: str | Path | None = None) -> None:
         self.verify_tls = verify_tls
+        self._creators: dict[str, Any] = {}
         self._trust_root: Any | None = None
         if not verify_tls:
             _warn_insecure()
@@ -294,10 +297,20 @@ class TLSOptions:
         """An ``IOpenSSLClientConnectionCreator`` checking the certificate against
         ``tls_server_name`` (a DNS name or an IP address) and sending it as SNI when
         it is a DNS name."""
-        if not self.verify_tls:
-            return _InsecureConnectionCreator(tls_server_name)
-        trust = self._trust_root if self._trust_root is not None else platformTrust()  # type: ignore[no-untyped-call]
-        return optionsForClientTLS(tls_server_name, trustRoot=trust)
+        creator = self._creators.get(tls_server_name)
+        if creator is None:
+            # Building one loads the trust store: do it once per name, not per connection.
+            if not self.verify_tls:
+                creator = _InsecureConnectionCreator(tls_server_name)
+            else:
+                trust = (
+                    self._trust_root if self._trust_root is not None else platformTrust()  # type: ignore[no-untyped-call]
+                )
+                creator = optionsForClientTLS(tls_server_name, trustRoot=trust)
+            if len(self._creators) >= _MAX_CREATORS:
+                del self._creators[next(iter(self._creators))]
+            self._creators[tls_server_name] = creator
+        return creator
 
     def web_policy(self) -> IPolicyForHTTPS:
         """A policy for ordinary HTTPS (well-known), with the same trust settings."""
