@@ -97,6 +97,11 @@ class Cursor:
         self.postgres = postgres
         self.after_commit: list[Callable[[], None]] = []
         self._nested = False
+        # State groups never change once written, so within one transaction their
+        # chains and entries can be remembered (persisting a batch of joins would
+        # otherwise re-read the same chain for every join).
+        self.chains: dict[int, list[tuple[int, int | None, int, int]]] = {}
+        self.group_entries: dict[int, Delta] = {}
 
     def _sql(self, sql: str) -> str:
         return sql.replace("?", "%s") if self.postgres else sql
@@ -284,6 +289,9 @@ class SqlStore:
 
     def _chain(self, cur: Cursor, gid: int) -> list[tuple[int, int | None, int, int]]:
         """``(id, parent, depth, root_size)`` from ``gid`` down to its snapshot."""
+        known = cur.chains.get(gid)
+        if known is not None:
+            return known
         cur.index_nested_loops()
         rows = cur.q(
             "WITH RECURSIVE ch(id, parent, depth, root_size) AS ("
@@ -292,12 +300,19 @@ class SqlStore:
             " JOIN ch ON g.id = ch.parent) SELECT id, parent, depth, root_size FROM ch",
             (gid,),
         )
-        return [(int(r[0]), r[1], int(r[2]), int(r[3])) for r in rows]
+        chain = [(int(r[0]), r[1], int(r[2]), int(r[3])) for r in rows]
+        for i in range(len(chain)):
+            cur.chains.setdefault(chain[i][0], chain[i:])
+        return chain
 
     def _entries(self, cur: Cursor, gids: Sequence[int]) -> dict[int, Delta]:
-        out: dict[int, Delta] = {}
-        for gid, blob in cur.q_in("SELECT id, entries FROM state_groups WHERE id IN ({in})", gids):
-            out[int(gid)] = _decode_entries(blob)
+        """Entries of each group (shared with the transaction's memo: do not mutate)."""
+        out: dict[int, Delta] = {g: cur.group_entries[g] for g in gids if g in cur.group_entries}
+        missing = [g for g in gids if g not in out]
+        for gid, blob in cur.q_in(
+            "SELECT id, entries FROM state_groups WHERE id IN ({in})", missing
+        ):
+            out[int(gid)] = cur.group_entries[int(gid)] = _decode_entries(blob)
         return out
 
     def _resolve_group(
@@ -322,9 +337,8 @@ class SqlStore:
                 base, ids = hit, ids[:i]
                 break
         entries = self._entries(cur, ids)
-        # Without a cached base the walk starts at a snapshot, whose freshly decoded
-        # dict (no deletions in it) can be used as it is.
-        state: dict[StateKey, Any] = entries[ids[-1]] if not base else dict(base)
+        # Without a cached base the walk starts at a snapshot (no deletions in it).
+        state: dict[StateKey, Any] = dict(entries[ids[-1]]) if not base else dict(base)
         for g in reversed(ids[:-1] if not base else ids):
             for k, v in entries[g].items():
                 if v is None:
@@ -363,13 +377,16 @@ class SqlStore:
                 (room_id, len(full), _encode_entries(full)),
             )
             gid = int(rows[0][0])
+            cur.chains[gid] = [(gid, None, 0, len(full))]
+            cur.group_entries[gid] = dict(full)
         else:
             target = depth - _lowbit(depth)
             path = []
             base = None
-            for g, _, d, _ in chain:
+            base_at = 0
+            for i, (g, _, d, _) in enumerate(chain):
                 if d == target:
-                    base = g
+                    base, base_at = g, i
                     break
                 path.append(g)
             if base is None:  # a broken chain: fall back to a snapshot
@@ -388,6 +405,8 @@ class SqlStore:
                 (room_id, base, depth, root_size, _encode_entries(delta)),
             )
             gid = int(rows[0][0])
+            cur.chains[gid] = [(gid, base, depth, root_size), *chain[base_at:]]
+            cur.group_entries[gid] = delta
         created[gid] = _NewGroup(parent, change)
         return gid
 
