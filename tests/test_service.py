@@ -94,3 +94,64 @@ class ServiceTests(unittest.TestCase):
         yield self.service.leave(room_id, "@carol:127.0.0.1:1")
         members = yield self.store.get_joined_members(room_id)
         self.assertEqual(members, {alice})
+
+
+class MinimalHomeserverExampleTests(unittest.TestCase):
+    """docs/examples/minimal_homeserver.py: two instances federate."""
+
+    timeout = 60
+
+    @defer.inlineCallbacks
+    def test_two_instances_federate(self) -> Any:
+        import importlib.util
+        import os
+        import socket
+        from pathlib import Path
+
+        from fedlib.testing import quiet_dns
+
+        quiet_dns(self)
+        path = Path(__file__).parent.parent / "docs" / "examples" / "minimal_homeserver.py"
+        spec = importlib.util.spec_from_file_location("minimal_homeserver", path)
+        assert spec is not None and spec.loader is not None
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+
+        def free_port() -> int:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                return int(s.getsockname()[1])
+
+        servers = []
+        for _name in ("a", "b"):
+            data = os.path.abspath(self.mktemp())
+            fed, hooks = yield defer.ensureDeferred(
+                mod.build(f"127.0.0.1:{free_port()}", data_dir=data)
+            )
+            yield fed.startService()
+            self.addCleanup(fed.stopService)
+            servers.append((fed, hooks, mod.Api(fed, hooks)))
+        (fed_a, hooks_a, api_a), (_fed_b, _hooks_b, api_b) = servers
+
+        def call(api: Any, path: str, body: dict[str, Any]) -> Any:
+            from twisted.web.test.requesthelper import DummyRequest
+
+            request = DummyRequest([path.encode()])
+            request.path = path.encode()
+            request.method = b"POST"
+            request.content = __import__("io").BytesIO(json.dumps(body).encode())
+            return defer.ensureDeferred(api.handle(request))
+
+        code, created = yield call(api_a, "/rooms", {"user": "alice", "name": "demo"})
+        self.assertEqual(code, 200)
+        room = created["room_id"]
+        yield call(api_b, "/join", {"user": "bob", "room": room, "via": [fed_a.config.server_name]})
+        yield call(api_b, "/send", {"user": "bob", "room": room, "body": "hello from b"})
+        from twisted.internet import task
+
+        for _ in range(200):
+            if any(e["content"].get("body") == "hello from b" for e in hooks_a.timeline[room]):
+                break
+            yield task.deferLater(reactor, 0.05, lambda: None)
+        bodies = [e["content"].get("body") for e in hooks_a.timeline[room]]
+        self.assertIn("hello from b", bodies)
