@@ -211,6 +211,15 @@ class RestrictedJoinTests(MembershipBase):
             },
         )
 
+    def test_restricted_join_tampered_content_not_signed(self) -> None:
+        template = self.make("join", BOB, room=self.restricted.room_id).json["event"]
+        eid, ev = self.signed_from_template(template)
+        tampered = dict(ev, content={**ev["content"], "displayname": "evil"})
+        before = self.h.snapshot()
+        r = self.put(f"{V2}/send_join/{self.restricted.room_id}/{eid}", tampered)
+        self.assertEqual((r.code, r.errcode), (400, "M_BAD_JSON"))
+        self.assertEqual(self.h.snapshot(), before)
+
     def test_restricted_join_user_not_allowed(self) -> None:
         r = self.make("join", CAROL, room=self.restricted.room_id)
         self.assertEqual((r.code, r.errcode), (403, "M_FORBIDDEN"))

@@ -13,7 +13,7 @@ from fedlib.auth.power_levels import named_level_with, user_level_with
 from fedlib.auth.rules import auth_types_with, check_auth_with
 from fedlib.crypto.signing import sign_event
 from fedlib.errors import AuthError, MatrixError, SignatureError
-from fedlib.events.hashing import event_id_with, reference_hash_with
+from fedlib.events.hashing import check_content_hash, event_id_with, reference_hash_with
 from fedlib.events.room_versions import (
     EventFormat,
     RoomVersion,
@@ -262,6 +262,10 @@ class _Membership:
             # our signature goes on before verification, which demands it.
             state, events = await self._current(room_id)
             await self._restricted_authoriser(version, room_id, sender, state, events)
+            # Signing recomputes the content hash: check the sender's first, so
+            # that our signature never covers content its sender did not sign.
+            if not check_content_hash(event):
+                raise bad_json("Event content hash does not match")
             event = sign_event(room_version, event, ctx.server_name, ctx.config.signing_key)
         (checked,) = await verify_pdus(ctx.keyring, room_version, [event], room_id=room_id)
         if checked.error is not None or checked.event is None:
