@@ -34,12 +34,19 @@ class Options(usage.Options):
             None,
             "Do not verify remote servers' TLS certificates (loopback tests only).",
         ],
+        ["enable-registration", None, "Open registration on the client listener (m.login.dummy)."],
     ]
     optParameters = [
         ["server-name", None, None, "This server's name, e.g. example.org or 127.0.0.1:8448."],
         ["data-dir", None, None, "Directory for the key, certificate and database."],
         ["database", None, None, "sqlite:///PATH (default DIR/fedlib.db) or postgresql://..."],
         ["config", None, None, "YAML file with further options (notaries, limits, log_level...)."],
+        [
+            "client-listen",
+            None,
+            None,
+            "Client-Server API endpoint, e.g. tcp:8008:interface=127.0.0.1 (default: none).",
+        ],
     ]
 
     def __init__(self) -> None:
@@ -131,7 +138,13 @@ def _prepare(opts: Options) -> dict[str, Any]:
 
     # Validate everything else now (the store is opened when the service starts).
     config = config_from_mapping(merged, signing_key=signing_key, store=None)
-    return {"config": config, "database": database, "log_level": level}
+    prepared = {"config": config, "database": database, "log_level": level}
+    if opts["client-listen"]:
+        _check_endpoint(opts["client-listen"])
+        prepared["client_listen"] = opts["client-listen"]
+        prepared["client_db"] = str(data_dir / "clientapi.db")
+        prepared["enable_registration"] = bool(opts["enable-registration"])
+    return prepared
 
 
 def _esc(path: Path) -> str:
@@ -188,6 +201,7 @@ class StandaloneService(MultiService):
         super().__init__()  # type: ignore[no-untyped-call]
         self.prepared = prepared
         self.federation: Any = None
+        self.client_api: Any = None
         self._starting: Any = None
 
     def startService(self) -> None:
@@ -215,9 +229,24 @@ class StandaloneService(MultiService):
             from fedlib.service import FederationService
 
             store = yield _open_store(self.prepared["database"], reactor)
-            fed = FederationService(attrs.evolve(config, store=store), reactor=reactor)
+            fed_config = attrs.evolve(config, store=store)
+            if self.prepared.get("client_listen"):
+                # The client API is an embedder: its hooks go into the config.
+                from fedlib.clientapi import ClientService, SQLiteClientStore
+
+                self.client_api = ClientService(
+                    SQLiteClientStore(self.prepared["client_db"], reactor),
+                    config.server_name,
+                    listen=[self.prepared["client_listen"]],
+                    enable_registration=self.prepared["enable_registration"],
+                    reactor=reactor,
+                )
+                fed_config = attrs.evolve(fed_config, hooks=self.client_api.hooks)
+            fed = FederationService(fed_config, reactor=reactor)
             self.federation = fed
             yield fed.startService()
+            if self.client_api is not None:
+                yield self.client_api.start(fed)
             log.info(
                 "fedlib serving {name} on {listen}",
                 name=config.server_name,
@@ -237,9 +266,14 @@ class StandaloneService(MultiService):
         from twisted.internet import defer
 
         super().stopService()  # type: ignore[no-untyped-call]
+        d: Any = defer.succeed(None)
         if self.federation is not None and self.federation.running:
-            return self.federation.stopService()
-        return defer.succeed(None)
+            d = self.federation.stopService()
+        if self.client_api is not None:
+            # After the federation service: its hooks write to the client store.
+            client_api = self.client_api
+            d.addBoth(lambda _: client_api.stop())
+        return d
 
 
 def _open_store(url: str, reactor: Any) -> Any:
