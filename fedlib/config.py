@@ -109,8 +109,8 @@ class Notary:
 class TlsOptions:
     """TLS for the server's own listener and for outbound requests."""
 
-    #: PEM certificate chain and key for a listener fedlib opens itself; ``None``
-    #: when the embedder terminates TLS (or mounts :attr:`FederationService.resource`).
+    #: PEM certificate chain and key of this server (``twistd fedlib`` builds its
+    #: default listener from them; an embedder names them in ``listen`` endpoints).
     certificate_path: str | None = None
     private_key_path: str | None = None
     #: Verify remote servers' certificates. Turn off only for loopback tests.
@@ -125,13 +125,9 @@ class Limits:
 
     #: Largest inbound request body accepted (bytes).
     max_request_body: int = attrs.field(default=10 * 1024 * 1024, validator=_positive)
-    #: Largest response body read from a remote server (send_join and /state can be big).
-    max_response_body: int = attrs.field(default=200 * 1024 * 1024, validator=_positive)
     #: Inbound requests per second per origin server, and the burst allowed above it.
     requests_per_second: float = attrs.field(default=50.0, validator=_positive)
     request_burst: int = attrs.field(default=200, validator=_positive)
-    #: Inbound requests per origin handled at once; more wait their turn.
-    concurrent_per_origin: int = attrs.field(default=10, validator=_positive)
     #: Timeout of one outbound request (seconds).
     request_timeout: float = attrs.field(default=60.0, validator=_positive)
     #: Budget for filling a gap with /get_missing_events before falling back to
@@ -184,8 +180,6 @@ class FederationConfig:
     listen: tuple[str, ...] = ()
     #: An ``m.room.server_acl`` content put into rooms this server creates (``None``: none).
     default_server_acl: Mapping[str, Any] | None = None
-    #: Servers we refuse to talk to at all (inbound and outbound).
-    blocked_servers: frozenset[str] = frozenset()
     #: Identifies this process in the store's leases (claims of transactions and
     #: outbound batches) when several processes share one database.
     instance_name: str = "main"
@@ -229,7 +223,6 @@ YAML_KEYS = frozenset(
         "room_versions",
         "default_room_version",
         "default_server_acl",
-        "blocked_servers",
         "log_level",
         "instance_name",
     }
@@ -339,10 +332,6 @@ def config_from_mapping(
         if not isinstance(acl, dict):
             raise ConfigError("default_server_acl must be an m.room.server_acl content mapping")
         kwargs["default_server_acl"] = acl
-    if options.get("blocked_servers") is not None:
-        kwargs["blocked_servers"] = frozenset(
-            _str_tuple("blocked_servers", options["blocked_servers"])
-        )
     if options.get("instance_name") is not None:
         kwargs["instance_name"] = str(options["instance_name"])
     if hooks is not None:
