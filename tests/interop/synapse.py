@@ -21,6 +21,7 @@ import hmac
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -560,6 +561,15 @@ def _die_with_parent() -> None:
 _shared: SynapseServer | None = None
 
 
+def _stop_and_clean(server: SynapseServer, keep_logs_in: Path) -> None:
+    """Stop Synapse, keep its log next to trial's (for failures), and remove its
+    directory."""
+    server.stop_blocking()
+    with contextlib.suppress(OSError):
+        shutil.copy(server.log_path, keep_logs_in / f"synapse-{os.getpid()}.log")
+    shutil.rmtree(server.dir, ignore_errors=True)
+
+
 def shared_synapse() -> SynapseServer:
     """One Synapse per test process, started on first use (blocking: call it
     before anything in the reactor federates) and stopped at exit. Trial has no
@@ -568,6 +578,6 @@ def shared_synapse() -> SynapseServer:
     if _shared is None:
         server = SynapseServer(Path(tempfile.mkdtemp(prefix="fedlib-synapse-")))
         server.start_blocking()
-        atexit.register(server.stop_blocking)
+        atexit.register(_stop_and_clean, server, Path.cwd())
         _shared = server
     return _shared
