@@ -101,3 +101,45 @@ def write_v1_state(cur: Cursor) -> None:
             " VALUES (?, '!r:a', ?, ?, 0, 'accepted', ?, ?, '{}')",
             (eid, so, so, group, group),
         )
+
+
+class SqliteStateStorageTests(unittest.TestCase):
+    @defer.inlineCallbacks
+    def test_state_is_stored_as_deltas(self) -> Generator[Any, Any, None]:
+        """600 joins and 600 messages: a copy of the state per event would hold
+        ~360,000 entries; deltas with occasional snapshots hold a few thousand, and
+        messages create no groups at all."""
+        from fedlib.storage import PersistItem, StateRef
+        from fedlib.storage.sql import _decode_entries
+        from tests.storage_suite import ROOM, ev, member
+
+        path = os.path.abspath(self.mktemp()) + ".db"
+        store = yield SqliteStore.open(path)
+        self.addCleanup(store.close)
+        yield store.store_room(ROOM, "10")
+        items = [
+            PersistItem(
+                ev("$create", [], 1, typ="m.room.create", state_key=""), "$create", state_before={}
+            )
+        ]
+        prev = "$create"
+        for i in range(1200):
+            eid = f"$e{i}"
+            e = (
+                member(eid, f"@u{i}:s.example", [prev], i + 2)
+                if i < 600
+                else ev(eid, [prev], i + 2)
+            )
+            items.append(PersistItem(e, eid, state_before=StateRef(prev)))
+            prev = eid
+        for i in range(0, len(items), 50):
+            yield store.persist_events(ROOM, items[i : i + 50])
+        self.assertEqual(len((yield store.get_state_after(prev))), 601)
+        conn = sqlite3.connect(path)
+        blobs = [r[0] for r in conn.execute("SELECT entries FROM state_groups")]
+        conn.close()
+        # One per state event plus the empty state before the create event; none
+        # for messages.
+        self.assertEqual(len(blobs), 602)
+        total = sum(len(_decode_entries(b)) for b in blobs)
+        self.assertLess(total, 8000)
