@@ -381,3 +381,18 @@ class JoinV12Tests(MembershipBase):
         self.assertTrue(r.json["members_omitted"])
         current = self.successResultOf(self.h.store.get_current_state(self.room))
         self.assertEqual(current[("m.room.member", CAROL)], eid)
+
+
+class PartialStateTests(MembershipBase):
+    def test_partial_state_room_refuses_membership_handshakes(self) -> None:
+        self.successResultOf(self.h.store.set_partial_state(self.room, True))
+        r = self.make("join", CAROL)
+        self.assertEqual((r.code, r.errcode), (404, "M_NOT_FOUND"))
+        self.successResultOf(self.h.store.set_partial_state(self.room, False))
+        template = self.make("join", CAROL).json["event"]
+        eid, ev = self.signed_from_template(template)
+        self.successResultOf(self.h.store.set_partial_state(self.room, True))
+        before = self.h.snapshot()
+        r = self.put(f"{V2}/send_join/{self.room}/{eid}", ev)
+        self.assertEqual((r.code, r.errcode), (404, "M_NOT_FOUND"))
+        self.assertEqual(self.h.snapshot(), before)

@@ -123,6 +123,7 @@ class _Membership:
             raise forbidden("This room version does not support knocking")
         if not user_id.startswith("@") or _server_of(user_id) != origin:
             raise forbidden("User does not belong to the requesting server")
+        await self._require_full_state(room_id)
         state, events = await self._current(room_id)
         if not state:
             raise not_found("This server is not in the room")
@@ -225,6 +226,13 @@ class _Membership:
             400, "M_UNABLE_TO_GRANT_JOIN", "No user of this server can authorise the join"
         )
 
+    async def _require_full_state(self, room_id: str) -> None:
+        # With partial state (a faster join still syncing) we cannot authorise
+        # membership changes or hand out the room's state; the remote tries
+        # another resident server.
+        if await self.ctx.store.is_partial_state(room_id):
+            raise not_found("This server is not fully joined to the room yet")
+
     # -- send_* ----------------------------------------------------------------
 
     async def _send(
@@ -240,6 +248,7 @@ class _Membership:
         version = get_room_version(room_version)
         event = request.json_object()
         check_pdu_json(room_version, event)
+        await self._require_full_state(room_id)
         if event.get("type") != "m.room.member" or _content(event).get("membership") != membership:
             raise bad_json(f"Event is not a {membership} membership event")
         sender = event.get("sender")
