@@ -119,7 +119,7 @@ class ClientAPI:
         #: Failed logins and registrations per client address.
         self.login_limiter = RateLimiter(self.clock, rate=0.5, burst=10)
         #: Sends in flight per (token, txnId): a retry waits for the first attempt.
-        self._txns_in_flight: dict[tuple[str, str], defer.Deferred[str]] = {}
+        self._txns_in_flight: dict[tuple[str, str], list[defer.Deferred[str]]] = {}
 
     # -- identity --------------------------------------------------------------------
 
@@ -491,27 +491,34 @@ class ClientAPI:
         token = call.token_hash
         assert token is not None
         key = (token, txn_id)
-        earlier = await self.store.get_txn(*key)
-        if earlier is not None:
-            return {"event_id": earlier}
+        # Claimed before any await, so that a retry arriving at any moment either
+        # waits for this attempt or finds its stored result.
         running = self._txns_in_flight.get(key)
         if running is not None:
-            return {"event_id": await running}
-
-        async def go() -> str:
-            await self._require_joined(room_id, call.user_id)
-            event_id: str = await self.fed.send_event(
-                room_id, call.user_id, call.params["eventType"], content
-            )
-            await self.store.store_txn(token, txn_id, event_id)
-            return event_id
-
-        d = defer.ensureDeferred(go())
-        self._txns_in_flight[key] = d
+            waiter: defer.Deferred[str] = defer.Deferred()
+            running.append(waiter)
+            return {"event_id": await waiter}
+        waiters: list[defer.Deferred[str]] = []
+        self._txns_in_flight[key] = waiters
         try:
-            return {"event_id": await d}
+            earlier = await self.store.get_txn(token, txn_id)
+            if earlier is not None:
+                event_id: str = earlier
+            else:
+                await self._require_joined(room_id, call.user_id)
+                event_id = await self.fed.send_event(
+                    room_id, call.user_id, call.params["eventType"], content
+                )
+                await self.store.store_txn(token, txn_id, event_id)
+        except Exception as e:
+            for w in waiters:
+                w.errback(e)
+            raise
         finally:
             self._txns_in_flight.pop(key, None)
+        for w in waiters:
+            w.callback(event_id)
+        return {"event_id": event_id}
 
     async def put_state(self, call: Call) -> Any:
         content = call.json()
