@@ -100,9 +100,9 @@ async def _event_in_room(ctx: ServerContext, room_id: str, event_id: str) -> Any
     return stored
 
 
-async def _pdus(ctx: ServerContext, ids: Iterable[str]) -> list[dict[str, Any]]:
+async def _pdus(ctx: ServerContext, ids: Iterable[str]) -> list[Mapping[str, Any]]:
     events = await ctx.store.get_events(list(ids))
-    return [dict(s.event) for s in sorted(events.values(), key=lambda s: (s.depth, s.event_id))]
+    return [s.event for s in sorted(events.values(), key=lambda s: (s.depth, s.event_id))]
 
 
 async def _visible_or_redacted(
