@@ -1,0 +1,237 @@
+"""Acceptance of the client listener, tried as a new user would.
+
+``twistd fedlib`` runs in a subprocess with ``--client-listen`` and
+``--enable-registration``; a matrix-nio client registers and logs in on it and
+creates a room; a Synapse user (the interop harness) joins it over federation;
+both send a message and each sees the other's in its own ``/sync``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any
+
+from twisted.internet import defer, threads
+from twisted.trial import unittest
+
+from fedlib.testing import quiet_dns
+from tests.interop.synapse import SynapseServer, SynapseUser, free_port, shared_synapse
+
+try:
+    import nio
+except ImportError:  # pragma: no cover
+    nio = None
+
+
+class _AsyncioThread:
+    """An asyncio loop in its own thread (matrix-nio is asyncio; trial is Twisted)."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def run(self, coro: Coroutine[Any, Any, Any], timeout: float = 60) -> Any:
+        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        return threads.deferToThread(future.result, timeout)
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+        self.loop.close()
+
+
+class TwistdFedlib:
+    """``twistd -n fedlib`` with the client listener, on 127.0.0.1."""
+
+    def __init__(self, directory: Path) -> None:
+        self.dir = directory
+        self.fed_port = free_port()
+        self.client_port = free_port()
+        self.server_name = f"127.0.0.1:{self.fed_port}"
+        self.client_url = f"http://127.0.0.1:{self.client_port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start_blocking(self, timeout: float = 60) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        key, cert = self.dir / "tls.key", self.dir / "tls.crt"
+        log = open(self.dir / "twistd.log", "ab")  # noqa: SIM115 (owned by the process)
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                "from twisted.scripts.twistd import run; run()",
+                "-n",
+                "--pidfile=",
+                "fedlib",
+                "--server-name",
+                self.server_name,
+                "--data-dir",
+                str(self.dir),
+                "--self-signed",
+                "--no-verify-tls",
+                "--listen",
+                f"ssl:{self.fed_port}:interface=127.0.0.1:privateKey={key}:certKey={cert}",
+                "--client-listen",
+                f"tcp:{self.client_port}:interface=127.0.0.1",
+                "--enable-registration",
+            ],
+            cwd=str(self.dir),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                url = self.client_url + "/_matrix/client/versions"
+                with urllib.request.urlopen(url, timeout=2) as r:
+                    if r.status == 200:
+                        return
+            except (OSError, urllib.error.URLError):
+                pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                tail = (self.dir / "twistd.log").read_text(errors="replace")[-3000:]
+                self.stop_blocking()
+                raise RuntimeError(f"twistd fedlib did not start:\n{tail}")
+            time.sleep(0.2)
+
+    def stop_blocking(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+def _bodies(response: Any, room_id: str) -> list[str]:
+    room = response.rooms.join.get(room_id)
+    if room is None:
+        return []
+    return [e.body for e in room.timeline.events if isinstance(e, nio.RoomMessageText)]
+
+
+class NioAgainstTwistdFedlib(unittest.TestCase):
+    timeout = 240
+    synapse: SynapseServer
+
+    @defer.inlineCallbacks
+    def setUp(self) -> Any:
+        if nio is None:
+            raise unittest.SkipTest("matrix-nio is not installed (the test extra)")
+        quiet_dns(self)
+        self.synapse = shared_synapse()
+        if self.synapse.proc is None or self.synapse.proc.poll() is not None:
+            yield self.synapse.start()
+        self.fedlib = TwistdFedlib(Path(self.mktemp()).resolve())
+        yield threads.deferToThread(self.fedlib.start_blocking)
+        self.addCleanup(lambda: threads.deferToThread(self.fedlib.stop_blocking))
+        self.aio = _AsyncioThread()
+        self.addCleanup(self.aio.stop)
+
+    def synapse_user(self, name: str) -> SynapseUser:
+        user = self.synapse.register_blocking(f"{name}{secrets.token_hex(3)}")
+        self.addCleanup(user.close)
+        return user
+
+    @defer.inlineCallbacks
+    def test_nio_user_and_synapse_user_talk(self) -> Any:
+        url = self.fedlib.client_url
+        fedlib_server = self.fedlib.server_name
+
+        async def register_and_login() -> tuple[Any, str]:
+            reg_client = nio.AsyncClient(url, "alice")
+            reg = await reg_client.register("alice", "correct horse", device_name="nio")
+            await reg_client.close()
+            assert isinstance(reg, nio.RegisterResponse), reg
+            client = nio.AsyncClient(url, "alice")
+            login = await client.login("correct horse", device_name="nio")
+            assert isinstance(login, nio.LoginResponse), login
+            who = await client.whoami()
+            assert isinstance(who, nio.WhoamiResponse), who
+            return client, who.user_id
+
+        client, alice = yield self.aio.run(register_and_login())
+        self.addCleanup(lambda: self.aio.run(client.close()))
+        self.assertEqual(alice, f"@alice:{fedlib_server}")
+
+        async def create() -> str:
+            resp = await client.room_create(
+                name="nio and synapse", preset=nio.RoomPreset.public_chat
+            )
+            assert isinstance(resp, nio.RoomCreateResponse), resp
+            first = await client.sync(timeout=0, full_state=True)
+            assert isinstance(first, nio.SyncResponse), first
+            return str(resp.room_id)
+
+        room_id = yield self.aio.run(create())
+
+        bob = self.synapse_user("bob")
+        yield bob.join(room_id, [fedlib_server])
+
+        async def sync_until(pred: Any, timeout: float = 60) -> Any:
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                resp = await client.sync(timeout=1000)
+                assert isinstance(resp, nio.SyncResponse), resp
+                value = pred(resp)
+                if value:
+                    return value
+            raise TimeoutError("nio: sync condition not met")
+
+        def bob_joined(resp: Any) -> bool:
+            room = client.rooms.get(room_id)
+            return room is not None and bob.user_id in room.users
+
+        yield self.aio.run(sync_until(bob_joined), timeout=90)
+
+        async def say(body: str) -> None:
+            resp = await client.room_send(
+                room_id, "m.room.message", {"msgtype": "m.text", "body": body}
+            )
+            assert isinstance(resp, nio.RoomSendResponse), resp
+
+        yield self.aio.run(say("hello from nio"))
+        bob_seen: list[str] = []
+
+        def bob_sees(sync: dict[str, Any]) -> bool:
+            room = sync.get("rooms", {}).get("join", {}).get(room_id, {})
+            for ev in room.get("timeline", {}).get("events", []):
+                if ev.get("type") == "m.room.message":
+                    bob_seen.append(ev.get("content", {}).get("body"))
+            return "hello from nio" in bob_seen
+
+        yield bob.sync_until(bob_sees, timeout=60)
+
+        yield bob.send_message(room_id, "hello from synapse")
+        nio_seen: list[str] = []
+
+        def nio_sees(resp: Any) -> bool:
+            nio_seen.extend(_bodies(resp, room_id))
+            return "hello from synapse" in nio_seen
+
+        yield self.aio.run(sync_until(nio_sees), timeout=90)
+        self.assertIn("hello from synapse", nio_seen)
+        self.assertIn("hello from nio", bob_seen)
+
+        async def logout() -> None:
+            resp = await client.logout()
+            assert isinstance(resp, nio.LogoutResponse), resp
+            who = await client.whoami()
+            assert isinstance(who, nio.WhoamiError), who
+
+        yield self.aio.run(logout())
