@@ -508,3 +508,11 @@ class ApiTests(unittest.TestCase):
             self.assertIn(x.state[("m.room.create", "")], chain)
             self.assertIn(x.state[("m.room.join_rules", "")], chain)  # via Bob's join
             self.assertIn(x.state[("m.room.member", BOB)], chain)
+
+    def test_auth_chain_recognises_format_without_version(self) -> None:
+        for version in ("2", "10"):
+            b, x, _ = self._room(version)
+            topic = x.state[("m.room.topic", "")]
+            self.assertEqual(
+                auth_chain([topic], b.events), auth_chain([topic], b.events, version), version
+            )
