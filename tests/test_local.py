@@ -190,3 +190,58 @@ class LocalRoomsTests(unittest.TestCase):
         eid = yield self.rooms.send_event(room_id, ALICE, "m.room.message", {"body": "x"})
         extremities = yield self.store.get_forward_extremities(room_id)
         self.assertEqual(extremities, {eid})
+
+
+class ForkTests(unittest.TestCase):
+    @defer.inlineCallbacks
+    def test_event_after_a_fork_gets_the_resolved_state(self) -> Any:
+        from fedlib.auth.rules import select_auth_events
+        from fedlib.rooms.builder import build_event
+        from fedlib.storage.interface import EventStatus, PersistItem
+
+        store = MemoryStore()
+        clock = task.Clock()
+        rooms = LocalRooms(server_name=SERVER, signing_key=KEY, store=store, clock=clock)
+        room_id = yield rooms.create_room(ALICE, "10")
+        (last,) = yield store.get_forward_extremities(room_id)
+        state = yield store.get_state_after(last)
+        events = yield store.get_events(list(state.values()) + [last])
+        by_id = {eid: e.event for eid, e in events.items()}
+        forks = []
+        for etype, content in [("m.room.topic", {"topic": "A"}), ("m.room.name", {"name": "B"})]:
+            stub = {"type": etype, "state_key": "", "sender": ALICE, "content": content}
+            forks.append(
+                build_event(
+                    "10",
+                    room_id=room_id,
+                    sender=ALICE,
+                    event_type=etype,
+                    content=content,
+                    state_key="",
+                    prev_event_ids=[last],
+                    auth_event_ids=select_auth_events("10", stub, state),
+                    depth=by_id[last]["depth"] + 1,
+                    origin_server_ts=5,
+                    server_name=SERVER,
+                    signing_key=KEY,
+                )
+            )
+        yield store.persist_events(
+            room_id,
+            [
+                PersistItem(f.event, f.event_id, EventStatus.ACCEPTED, state_before=state)
+                for f in forks
+            ],
+        )
+        self.assertEqual(
+            (yield store.get_forward_extremities(room_id)), {f.event_id for f in forks}
+        )
+        eid = yield rooms.send_event(room_id, ALICE, "m.room.message", {"body": "merge"})
+        before = yield store.get_state_before(eid)
+        self.assertEqual(before[("m.room.topic", "")], forks[0].event_id)
+        self.assertEqual(before[("m.room.name", "")], forks[1].event_id)
+        stored = yield store.get_events([eid])
+        self.assertEqual(
+            sorted(stored[eid].event["prev_events"]), sorted(f.event_id for f in forks)
+        )
+        self.assertEqual((yield store.get_forward_extremities(room_id)), {eid})

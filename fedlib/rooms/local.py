@@ -18,7 +18,7 @@ import secrets
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
-from twisted.internet import defer
+from twisted.internet import defer, threads
 from twisted.internet.interfaces import IReactorTime
 
 from fedlib.auth.rules import select_auth_events
@@ -55,6 +55,9 @@ INVITE_STATE_TYPES = (
     "m.room.encryption",
     "m.room.topic",
 )
+
+#: Resolutions over more events than this run in a thread, off the reactor.
+RESOLVE_IN_THREAD_ABOVE = 2000
 
 #: ``(destination, room_version, invite_event, invite_room_state) -> Deferred[signed event]``:
 #: sends ``/invite`` to the invitee's server and returns the event it signed.
@@ -311,20 +314,34 @@ class LocalRooms:
         resolved = yield self._resolve(room_id, room_version, maps)
         if resolved is not None:
             return resolved
-        # Without a resolver the store's current state (maintained by the
-        # incoming pipeline, which resolves forks) is the best answer.
+        # No prev event has state (cannot happen for a room we are in): the
+        # store's current state is the best answer.
         current = yield self._store.get_current_state(room_id)
         return current
 
+    @defer.inlineCallbacks
     def _resolve(self, room_id: str, room_version: str, maps: list[Any]) -> Any:
-        try:
-            from fedlib import state as state_mod
-        except ImportError:  # pragma: no cover
-            return defer.succeed(None)
-        resolve = getattr(state_mod, "resolve_with_store", None)
-        if resolve is None or not maps:
-            return defer.succeed(None)
-        return defer.maybeDeferred(resolve, self._store, room_id, room_version, maps)
+        """The state before an event whose prev_events have different states:
+        state resolution over the states after each (as the incoming pipeline
+        does for remote events)."""
+        if not maps:
+            return None
+        from fedlib.state import resolve
+
+        ids: set[str] = set()
+        for m in maps:
+            ids.update(m.values())
+        chain = yield self._store.get_auth_chain(ids)
+        stored = yield self._store.get_events(ids | set(chain))
+        rejected = yield self._store.get_rejected(list(stored))
+        event_map = {eid: e.event for eid, e in stored.items() if eid not in rejected}
+        # Rejected events drop out of the state sets rather than fail the resolution.
+        sets = [{k: v for k, v in m.items() if v in event_map} for m in maps]
+        if len(event_map) > RESOLVE_IN_THREAD_ABOVE:
+            resolved = yield threads.deferToThread(resolve, room_version, sets, event_map)
+        else:
+            resolved = resolve(room_version, sets, event_map)
+        return resolved
 
     @defer.inlineCallbacks
     def _send_locked(
