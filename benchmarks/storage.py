@@ -2,7 +2,8 @@
 
 Builds one room of synthetic events (no signatures): a create event, ``--members``
 joins, then messages with occasional membership changes and a power-levels change
-every 1,000 events (so auth chains grow deep), persisted in batches of 50. Then
+every 1,000 events (``--pl-every``; each is authed by the previous one, so
+auth chains grow deep), persisted in batches of 50. Then
 measures, as medians over ``--reads`` runs: get 100 random events by ID, the state
 after a random event, and the auth chain of a random join; finally the on-disk size.
 
@@ -34,7 +35,9 @@ ROOM = "!bench:a.example"
 PG_URL = os.environ.get("FEDLIB_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 
 
-def build_events(members: int, total: int, seed: int = 1) -> list[dict[str, Any]]:
+def build_events(
+    members: int, total: int, seed: int = 1, pl_every: int = 1000
+) -> list[dict[str, Any]]:
     rng = random.Random(seed)
     out: list[dict[str, Any]] = []
     prev: str | None = None
@@ -73,7 +76,7 @@ def build_events(members: int, total: int, seed: int = 1) -> list[dict[str, Any]
     while len(out) < total:
         n += 1
         r = rng.random()
-        if n % 1000 == 0:
+        if n % pl_every == 0:
             add(f"$pl{n}", "m.room.power_levels", "", {"users": {}}, ["$create", pl])
             pl = f"$pl{n}"
         elif r < 0.05:
@@ -205,11 +208,14 @@ def main(reactor: Any, argv: list[str]) -> Generator[Any, Any, None]:
     p.add_argument("--members", type=int)
     p.add_argument("--events", type=int)
     p.add_argument("--reads", type=int, default=30)
+    p.add_argument(
+        "--pl-every", type=int, default=1000, help="a power-levels change every N events"
+    )
     p.add_argument("--backend", choices=["sqlite", "postgres", "both"], default="both")
     args = p.parse_args(argv)
     members = args.members or (1_000 if args.quick else 10_000)
     total = args.events or (10_000 if args.quick else 100_000)
-    events = build_events(members, total)
+    events = build_events(members, total, pl_every=args.pl_every)
     print(f"room: {members} members, {len(events)} events, batches of 50")
     backends = ["sqlite", "postgres"] if args.backend == "both" else [args.backend]
     for name in backends:

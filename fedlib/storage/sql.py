@@ -911,25 +911,32 @@ class SqlStore:
         for eid, depth, so in meta(start):
             seen.add(eid)
             heapq.heappush(heap, (-int(depth), -int(so), eid))
-        expanded: set[str] = set()
+        # An event's prev_events enter the heap only when it is popped (depths are
+        # remote data and need not decrease along edges), but they are fetched for
+        # everything queued at once to save round trips.
+        prevs_of: dict[str, list[tuple[str, int, int]]] = {}
         out: list[str] = []
         while heap and len(out) < limit:
-            if heap[0][2] not in expanded:
-                # Fetch the prev_events of everything queued in one round trip.
-                batch = [h[2] for h in heap if h[2] not in expanded]
-                expanded.update(batch)
-                prevs = cur.q_in(
-                    "SELECT DISTINCT ed.prev_id FROM event_edges ed WHERE ed.event_id IN ({in})",
-                    batch,
+            eid = heapq.heappop(heap)[2]
+            out.append(eid)
+            if len(out) >= limit:
+                break
+            if eid not in prevs_of:
+                batch = [eid] + [h[2] for h in heap if h[2] not in prevs_of]
+                edges = cur.q_in(
+                    "SELECT event_id, prev_id FROM event_edges WHERE event_id IN ({in})", batch
                 )
-                new = [r[0] for r in prevs if r[0] not in seen and r[0] not in stop]
-                for eid, depth, so in meta(new):
-                    if int(depth) < min_depth or eid in seen:
-                        continue
-                    seen.add(eid)
-                    heapq.heappush(heap, (-int(depth), -int(so), eid))
-                continue
-            out.append(heapq.heappop(heap)[2])
+                info = {r[0]: r for r in meta({r[1] for r in edges})}
+                for b in batch:
+                    prevs_of[b] = []
+                for e, p in edges:
+                    if p in info:
+                        prevs_of[e].append((p, int(info[p][1]), int(info[p][2])))
+            for p, depth, so in prevs_of[eid]:
+                if p in seen or p in stop or depth < min_depth:
+                    continue
+                seen.add(p)
+                heapq.heappush(heap, (-depth, -so, p))
         return out
 
     def backfill(
