@@ -11,14 +11,18 @@ nothing older (history from before this server joined), the room DAG as stored
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer
 
+from fedlib.auth.rules import check_auth, check_auth_events_list
 from fedlib.canonical import decode_json
 from fedlib.clientapi.hooks import strip_event
 from fedlib.errors import MatrixError
+from fedlib.events.room_versions import get_room_version
+from fedlib.storage.interface import EventStatus, PersistItem
 
 if TYPE_CHECKING:
     from fedlib.clientapi.api import ClientAPI
@@ -26,6 +30,8 @@ if TYPE_CHECKING:
     from fedlib.clientapi.store import Membership, StreamEntry
 
 __all__ = ["paginate", "parse_token", "sync"]
+
+log = logging.getLogger(__name__)
 
 DEFAULT_TIMELINE_LIMIT = 10
 MAX_TIMELINE_LIMIT = 100
@@ -254,11 +260,13 @@ async def paginate(
     # The stream has nothing older: continue in the stored DAG before its oldest event.
     oldest = entries[-1] if entries else None
     if oldest is None:
-        first = await api.store.get_room_entries(room_id, 0, pos, 1, newest_first=False)
+        # Everything the DAG holds before the room's first stream entry is older
+        # than any token, this one included.
+        first = await api.store.get_room_entries(room_id, 0, head, 1, newest_first=False)
         oldest = first[0] if first else None
-        if oldest is None or oldest.pos > pos:
+        if oldest is None:
             return out
-    more = await _dag_before(api, room_id, oldest.event_id, limit - len(chunk))
+    more = await _older(api, room_id, oldest.event_id, limit - len(chunk))
     out["chunk"] = chunk + [client_event(e) for e in more]
     if more:
         out["end"] = f"d{more[-1].event_id}"
@@ -274,6 +282,78 @@ async def _dag_before(api: ClientAPI, room_id: str, event_id: str, limit: int) -
     return [e for e in events if e.event_id != event_id and not e.rejected][:limit]
 
 
+async def _older(api: ClientAPI, room_id: str, event_id: str, limit: int) -> list[Any]:
+    """Up to ``limit`` events before ``event_id``: from the store, and when its
+    DAG ends at events it never received, from other servers (``/backfill``)."""
+    more = await _dag_before(api, room_id, event_id, limit)
+    if len(more) < limit:
+        last = more[-1].event_id if more else event_id
+        if await _backfill_remote(api, room_id, last, limit - len(more)):
+            more += await _dag_before(api, room_id, last, limit - len(more))
+    return more
+
+
+async def _backfill_remote(api: ClientAPI, room_id: str, event_id: str, limit: int) -> bool:
+    """Fetch history before ``event_id`` from the room's other servers and store it.
+
+    The events come through :attr:`FederationService.gaps` (signatures and
+    hashes checked); each must also pass the auth rules against its own auth
+    events, which must be stored and not rejected (events whose auth events are
+    unknown here are left out). They are stored as outliers: history to show,
+    never part of the room's state or forward extremities.
+    """
+    gaps = getattr(api.fed, "gaps", None)
+    store = api.fed.store
+    stored = (await store.get_events([event_id])).get(event_id)
+    if gaps is None or stored is None:
+        return False
+    prevs = [p for p in stored.event.get("prev_events", []) if isinstance(p, str)]
+    prevs += [p[0] for p in stored.event.get("prev_events", []) if isinstance(p, list) and p]
+    if not prevs or len(await store.have_seen(prevs)) == len(prevs):
+        return False  # The room's beginning, or nothing missing right here.
+    servers = sorted(set(await store.get_joined_servers(room_id)) - {api.server_name})
+    version = stored.room_version
+    for origin in servers[:3]:
+        try:
+            results = await gaps.backfill(origin, room_id, [event_id], max(limit, 10))
+        except defer.CancelledError:
+            raise
+        except Exception as e:
+            log.info("Backfill of %s from %s failed: %s", room_id, origin, e)
+            continue
+        items = []
+        for result in results:
+            event, eid = result.event, result.event_id
+            if event is not None and eid is not None and await _authorised(api, version, event):
+                items.append(PersistItem(event, eid, EventStatus.OUTLIER))
+        if items:
+            await store.persist_events(room_id, items)
+            return True
+    return False
+
+
+async def _authorised(api: ClientAPI, room_version: str, event: Mapping[str, Any]) -> bool:
+    auth_ids = [a for a in event.get("auth_events", []) if isinstance(a, str)]
+    auth_ids += [a[0] for a in event.get("auth_events", []) if isinstance(a, list) and a]
+    store = api.fed.store
+    stored = await store.get_events(auth_ids)
+    if len(stored) != len(set(auth_ids)) or any(e.rejected for e in stored.values()):
+        return False
+    create = None
+    if get_room_version(room_version).room_id_is_create_hash:
+        state = await store.get_current_state_events(event.get("room_id", ""), ["m.room.create"])
+        found = state.get(("m.room.create", ""))
+        create = found.event if found is not None else None
+    try:
+        auth_map = check_auth_events_list(
+            room_version, event, [e.event for e in stored.values()], create_event=create
+        )
+        check_auth(room_version, event, auth_map)
+    except MatrixError:
+        return False
+    return True
+
+
 async def _paginate_dag(
     api: ClientAPI, room_id: str, event_id: str, start: str, limit: int
 ) -> dict[str, Any]:
@@ -282,7 +362,7 @@ async def _paginate_dag(
     stored = await api.fed.store.get_events([event_id])
     if event_id not in stored or stored[event_id].room_id != room_id:
         raise _bad_param(f"Invalid token {start!r}")
-    more = await _dag_before(api, room_id, event_id, limit)
+    more = await _older(api, room_id, event_id, limit)
     out: dict[str, Any] = {"chunk": [client_event(e) for e in more], "start": start}
     if more:
         out["end"] = f"d{more[-1].event_id}"

@@ -235,3 +235,80 @@ class NioAgainstTwistdFedlib(unittest.TestCase):
             assert isinstance(who, nio.WhoamiError), who
 
         yield self.aio.run(logout())
+
+    @defer.inlineCallbacks
+    def test_nio_user_joins_synapse_room_by_alias(self) -> Any:
+        """The other direction: a Synapse room, found through its alias (federated
+        /query/directory), joined with make_join/send_join, read through /sync and
+        /messages."""
+        url = self.fedlib.client_url
+        carol = self.synapse_user("carol")
+        alias_name = f"lobby{secrets.token_hex(3)}"
+        created = yield carol.create_room(
+            preset="public_chat", room_alias_name=alias_name, name="Synapse lobby"
+        )
+        room_id = created["room_id"]
+        yield carol.send_message(room_id, "before the join")
+        alias = f"#{alias_name}:{self.synapse.server_name}"
+
+        async def join() -> Any:
+            client = nio.AsyncClient(url, "dave")
+            reg = await client.register("dave", "pw", device_name="nio")
+            assert isinstance(reg, nio.RegisterResponse), reg
+            resolved = await client.room_resolve_alias(alias)
+            assert isinstance(resolved, nio.RoomResolveAliasResponse), resolved
+            assert resolved.room_id == room_id, resolved
+            joined = await client.join(alias)
+            assert isinstance(joined, nio.JoinResponse), joined
+            return client
+
+        client = yield self.aio.run(join(), timeout=90)
+        self.addCleanup(lambda: self.aio.run(client.close()))
+
+        async def first_sync() -> Any:
+            resp = await client.sync(timeout=0, full_state=True)
+            assert isinstance(resp, nio.SyncResponse), resp
+            room = client.rooms[room_id]
+            history = await client.room_messages(
+                room_id, resp.rooms.join[room_id].timeline.prev_batch, limit=50
+            )
+            assert isinstance(history, nio.RoomMessagesResponse), history
+            found = _bodies(resp, room_id) + [
+                e.body for e in history.chunk if isinstance(e, nio.RoomMessageText)
+            ]
+            return room.display_name, room.users, found
+
+        name, users, found = yield self.aio.run(first_sync())
+        # History from before the join comes through /backfill.
+        self.assertIn("before the join", found)
+        self.assertEqual(name, "Synapse lobby")
+        self.assertIn(carol.user_id, users)
+        yield carol.send_message(room_id, "after the join")
+        seen: list[str] = []
+
+        async def wait_message() -> None:
+            deadline = time.monotonic() + 60
+            while "after the join" not in seen and time.monotonic() < deadline:
+                resp = await client.sync(timeout=1000)
+                assert isinstance(resp, nio.SyncResponse), resp
+                seen.extend(_bodies(resp, room_id))
+
+        yield self.aio.run(wait_message(), timeout=90)
+        self.assertIn("after the join", seen)
+
+        async def reply() -> None:
+            resp = await client.room_send(
+                room_id, "m.room.message", {"msgtype": "m.text", "body": "dave here"}
+            )
+            assert isinstance(resp, nio.RoomSendResponse), resp
+
+        yield self.aio.run(reply())
+        carol_seen: list[str] = []
+
+        def carol_sees(sync: dict[str, Any]) -> bool:
+            room = sync.get("rooms", {}).get("join", {}).get(room_id, {})
+            for ev in room.get("timeline", {}).get("events", []):
+                carol_seen.append(ev.get("content", {}).get("body"))
+            return "dave here" in carol_seen
+
+        yield carol.sync_until(carol_sees, timeout=60)
