@@ -30,7 +30,7 @@ class HangingGaps:
         return self.fetch_missing_prev_events()
 
 
-class PipelineTests(unittest.TestCase):
+class PipelineBase(unittest.TestCase):
     def setUp(self) -> None:
         self.remote = Remote("remote.test")
         self.h = Harness(self.remote)
@@ -54,6 +54,8 @@ class PipelineTests(unittest.TestCase):
     ) -> Any:
         return defer.ensureDeferred(p.process("remote.test", rb.room_id, rb.version, list(pdus)))
 
+
+class PipelineTests(PipelineBase):
     def test_fork_resolves_state(self) -> None:
         head, depth = list(self.rb.head), self.rb.depth
         topic = self.rb.make("m.room.topic", ALICE, {"topic": "t"}, "")
@@ -133,7 +135,7 @@ class PipelineTests(unittest.TestCase):
         self.assertIs(out[dep[0]].status, EventStatus.REJECTED)
 
 
-class BatchTests(PipelineTests):
+class BatchTests(PipelineBase):
     def test_linear_run_is_one_write_and_one_notification(self) -> None:
         p = self.pipeline()
         writes: list[int] = []
@@ -167,3 +169,37 @@ class BatchTests(PipelineTests):
         extremities = self.successResultOf(self.h.store.get_forward_extremities(self.rb.room_id))
         # The rejected event is no extremity, so the run's last event stays one.
         self.assertEqual(extremities, {after[0], pdus[-1][0]})
+
+
+class PartialStateTests(PipelineBase):
+    def _room_without_bobs_membership_in_state(self) -> tuple[RoomBuilder, Any]:
+        from fedlib.storage.interface import PersistItem
+
+        rb = RoomBuilder("10", {OUR_NAME: self.h.us, "remote.test": self.remote})
+        rb.create_room(ALICE, extra_members=[BOB])
+        bob_join = rb.state[("m.room.member", BOB)]
+        self.successResultOf(self.h.store.store_room(rb.room_id, "10", True))
+        # As after a partial-state join: Bob's membership is known (an outlier)
+        # but missing from the state we hold.
+        items, state = [], {}
+        for eid, ev in rb.events.items():
+            if eid == bob_join:
+                items.append(PersistItem(event=ev, event_id=eid, status=EventStatus.OUTLIER))
+                continue
+            items.append(PersistItem(event=ev, event_id=eid, state_before=dict(state)))
+            state[(ev["type"], ev["state_key"])] = eid
+        self.successResultOf(self.h.store.persist_events(rb.room_id, items))
+        head = [e for e in rb.events if e != bob_join][-1]
+        msg = rb.make("m.room.message", BOB, {"body": "x"}, prev=[head])
+        return rb, msg
+
+    def test_partial_state_checks_fall_back_to_auth_events(self) -> None:
+        rb, msg = self._room_without_bobs_membership_in_state()
+        out = self.successResultOf(self.run_pdus(self.pipeline(), rb, msg))
+        self.assertIs(out[msg[0]].status, EventStatus.ACCEPTED, out)
+
+    def test_full_state_rejects_the_same_event(self) -> None:
+        rb, msg = self._room_without_bobs_membership_in_state()
+        self.successResultOf(self.h.store.set_partial_state(rb.room_id, False))
+        out = self.successResultOf(self.run_pdus(self.pipeline(), rb, msg))
+        self.assertIs(out[msg[0]].status, EventStatus.REJECTED)

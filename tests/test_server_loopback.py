@@ -85,3 +85,22 @@ class GapFillingTests(unittest.TestCase):
         state_a = yield svc_a.store.get_current_state(room_id)
         state_b = yield store_b.get_current_state(room_id)
         self.assertEqual(state_b, state_a)
+
+    @defer.inlineCallbacks
+    def test_pdu_accepted_after_partial_state_join(self) -> Any:
+        svc_a = self.a.service
+        room_id = yield svc_a.create_room(self.alice, "12", preset=Preset.PUBLIC_CHAT)
+        # More members than the heroes a partial-state answer keeps, so the
+        # sender's membership is one b does not have.
+        for name in ("m1", "m2", "m3", "m4", "m5", "m6"):
+            yield svc_a.join_room(room_id, self.a.user(name))
+        dave = self.a.user("zed")
+        yield svc_a.join_room(room_id, dave)
+        hb = Handshakes.from_service(self.b.service)
+        result = yield hb.join_room(room_id, self.bob, [self.a.server_name], omit_members=True)
+        self.assertTrue(result.partial_state)
+        svc_a.sender.stop()
+        eid = yield svc_a.send_event(room_id, dave, "m.room.message", {"body": "hi"})
+        latest = (yield svc_a.store.get_events([eid]))[eid].event
+        results = yield svc_a.client.send_transaction(self.b.server_name, "partial-1", [latest])
+        self.assertEqual(results, {eid: {}})

@@ -161,6 +161,8 @@ class IncomingPduPipeline:
         self._cache: OrderedDict[str, tuple[Mapping[str, Any], bool]] = OrderedDict()
         # Events each room's current run has persisted through gap filling.
         self._fresh: dict[str, set[str]] = {}
+        # Whether each room being processed has partial state (read once per run).
+        self._partial: dict[str, bool] = {}
         self._creates: dict[str, tuple[str, Mapping[str, Any]]] = {}
 
     # -- per-room serialisation -----------------------------------------------
@@ -206,6 +208,7 @@ class IncomingPduPipeline:
                 return await run(out, batch, run_end)
             finally:
                 self._fresh.pop(room_id, None)
+                self._partial.pop(room_id, None)
 
         async def run(
             out: dict[str, PduOutcome], batch: _Batch, run_end: float
@@ -216,6 +219,7 @@ class IncomingPduPipeline:
             for _, event in ordered:
                 wanted.update(a for a in _ref_ids(event.get("auth_events")) if a not in self._cache)
             prefetched = await self.store.get_events(sorted(wanted))
+            self._partial[room_id] = bool(await self.store.is_partial_state(room_id))
             self._remember(prefetched.values())
             for event_id, event in ordered:
                 if batch.items and not batch.extends_tip(event):
@@ -303,6 +307,17 @@ class IncomingPduPipeline:
         except AuthError as e:
             own_reason = e.msg
 
+        # With partial state (a faster join still syncing) the state we hold lacks
+        # most memberships: what it lacks is taken from the event's own auth
+        # events, which passed step 4. The state resync re-checks later.
+        fallback: dict[StateKey, Mapping[str, Any]] | None = None
+        if self._partial.get(room_id, False) and own_reason is None:
+            fallback = {}
+            for ev, _ in auth_events.values():
+                key = _state_key(ev)
+                if key is not None:
+                    fallback[key] = ev
+
         # Step 5: the state before the event.
         state_before: dict[StateKey, str] | None
         state_ref: StateRef | None = None
@@ -321,7 +336,7 @@ class IncomingPduPipeline:
         reason = own_reason
         if reason is None:
             try:
-                await self._check_against(version, event, state_before, create)
+                await self._check_against(version, event, state_before, create, fallback)
             except AuthError as e:
                 reason = e.msg
         if reason is None and extra_checks is not None:
@@ -337,7 +352,7 @@ class IncomingPduPipeline:
             current = state_before if chained else await self.store.get_current_state(room_id)
             if current and current != state_before:
                 try:
-                    await self._check_against(version, event, current, create)
+                    await self._check_against(version, event, current, create, fallback)
                 except AuthError as e:
                     status = EventStatus.SOFT_FAILED
                     reason = e.msg
@@ -463,11 +478,14 @@ class IncomingPduPipeline:
         event: Mapping[str, Any],
         state: Mapping[StateKey, str],
         create: tuple[str, Mapping[str, Any]] | None,
+        fallback: Mapping[StateKey, Mapping[str, Any]] | None = None,
     ) -> None:
         wanted = auth_types_with(version, event) | {CREATE_KEY}
         ids = {state[k]: k for k in wanted if k in state}
         events = await self._load(ids)
         auth_map = {ids[eid]: ev for eid, (ev, rejected) in events.items() if not rejected}
+        for key, ev in (fallback or {}).items():
+            auth_map.setdefault(key, ev)
         if create is not None:
             auth_map.setdefault(CREATE_KEY, create[1])
         check_auth_with(version, event, auth_map, create[0] if create else None)
