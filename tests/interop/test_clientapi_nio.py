@@ -21,7 +21,7 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
-from twisted.internet import defer, threads
+from twisted.internet import defer, reactor, task, threads
 from twisted.trial import unittest
 
 from fedlib.testing import quiet_dns
@@ -312,3 +312,98 @@ class NioAgainstTwistdFedlib(unittest.TestCase):
             return "dave here" in carol_seen
 
         yield carol.sync_until(carol_sees, timeout=60)
+
+    @defer.inlineCallbacks
+    def test_remote_invite_reject_and_knock(self) -> Any:
+        """Invites from Synapse reach the nio user's /sync (``on_invite``); one is
+        accepted (join through the inviting server), one rejected (make_leave/
+        send_leave); a knock goes through make_knock/send_knock."""
+        url = self.fedlib.client_url
+        frank = self.synapse_user("frank")
+        client: Any = None
+
+        async def register() -> str:
+            nonlocal client
+            client = nio.AsyncClient(url, "gina")
+            reg = await client.register("gina", "pw", device_name="nio")
+            assert isinstance(reg, nio.RegisterResponse), reg
+            first = await client.sync(timeout=0)
+            assert isinstance(first, nio.SyncResponse), first
+            return str(reg.user_id)
+
+        gina = yield self.aio.run(register())
+        self.addCleanup(lambda: self.aio.run(client.close()))
+        accepted = (yield frank.create_room(preset="private_chat", name="accept me"))["room_id"]
+        rejected = (yield frank.create_room(preset="private_chat", name="reject me"))["room_id"]
+        yield frank.invite(accepted, gina)
+        yield frank.invite(rejected, gina)
+
+        async def until_invited() -> dict[str, Any]:
+            invites: dict[str, Any] = {}
+            deadline = time.monotonic() + 60
+            while not {accepted, rejected} <= set(invites) and time.monotonic() < deadline:
+                resp = await client.sync(timeout=1000)
+                assert isinstance(resp, nio.SyncResponse), resp
+                invites.update(resp.rooms.invite)
+            return invites
+
+        invites = yield self.aio.run(until_invited(), timeout=90)
+        self.assertLessEqual({accepted, rejected}, set(invites))
+        names = [
+            e.name for e in invites[accepted].invite_state if isinstance(e, nio.InviteNameEvent)
+        ]
+        self.assertEqual(names, ["accept me"])
+
+        async def answer() -> None:
+            joined = await client.join(accepted)
+            assert isinstance(joined, nio.JoinResponse), joined
+            left = await client.room_leave(rejected)
+            assert isinstance(left, nio.RoomLeaveResponse), left
+
+        yield self.aio.run(answer(), timeout=90)
+
+        @defer.inlineCallbacks
+        def membership(room_id: str) -> Any:
+            state = yield frank.state(room_id)
+            for ev in state:
+                if ev["type"] == "m.room.member" and ev["state_key"] == gina:
+                    return ev["content"]["membership"]
+            return None
+
+        @defer.inlineCallbacks
+        def wait_membership(room_id: str, wanted: str) -> Any:
+            deadline = time.monotonic() + 30
+            while (yield membership(room_id)) != wanted:
+                if time.monotonic() > deadline:
+                    self.fail(f"{gina} not {wanted} in {room_id} on Synapse")
+                yield task.deferLater(reactor, 0.2, lambda: None)
+
+        yield wait_membership(accepted, "join")
+        yield wait_membership(rejected, "leave")
+
+        knockable = (
+            yield frank.create_room(
+                preset="private_chat",
+                room_version="10",
+                initial_state=[
+                    {
+                        "type": "m.room.join_rules",
+                        "state_key": "",
+                        "content": {"join_rule": "knock"},
+                    }
+                ],
+            )
+        )["room_id"]
+
+        async def knock() -> Any:
+            resp = await client.room_knock(knockable, reason="let me in")
+            assert isinstance(resp, nio.RoomKnockResponse), resp
+            raw = await client.send(
+                "GET",
+                f"/_matrix/client/v3/sync?timeout=0&access_token={client.access_token}",
+            )
+            return await raw.json()
+
+        sync = yield self.aio.run(knock(), timeout=90)
+        self.assertIn(knockable, sync["rooms"]["knock"])
+        yield wait_membership(knockable, "knock")
