@@ -15,15 +15,16 @@ steady on a machine shared with other work) and wall-clock time. The speed
 ratio is of CPU medians.
 
 ``--compare synapse`` runs Synapse's ``resolve_events_with_store`` on the same
-room (JSON round-tripped, so no strings are shared between events and state
-maps, as with events off the network) in a subprocess of the Synapse virtualenv (``FEDLIB_SYNAPSE_VENV``, default
-/work/synapse-venv): the subprocess generates the room itself with the same seed
-and both sides check a digest of the input. Synapse's store is an in-memory shim
-that turns PDU dicts into Synapse events on first use in each run (that cost is
-counted, as fedlib's parsing is) and computes the auth chain difference by
-walking the auth DAG in Python, which Synapse's database would answer from its
-chain cover index; Synapse's time is therefore shown with and without the time
-spent in that shim method, and the speed ratio uses the time without it.
+room in a worker process of the Synapse virtualenv (``FEDLIB_SYNAPSE_VENV``,
+default /work/synapse-venv), which generates the room itself from the same seed;
+both sides check a digest of the input and of the result. Runs alternate between
+fedlib and the worker, so changes in the machine's load fall on both alike.
+Synapse's store is an in-memory shim that turns PDU dicts into Synapse events on
+first use in each run (that cost is counted, as fedlib's parsing is) and computes
+the auth chain difference by walking the auth DAG in Python, which Synapse's
+database would answer from its chain cover index; Synapse's time is therefore
+shown with and without the time spent in that shim method, and the headline
+speed ratio uses the time without it.
 """
 
 from __future__ import annotations
@@ -109,32 +110,53 @@ def run_fedlib(args: argparse.Namespace) -> None:
         nonlocal result
         result = resolve(args.room_version, sets, events)
 
-    wall, cpu = time_runs(once, args.runs)
+    worker = None
+    if args.compare == "synapse":
+        venv = os.environ.get("FEDLIB_SYNAPSE_VENV", "/work/synapse-venv")
+        cmd = [os.path.join(venv, "bin", "python"), os.path.abspath(__file__), "--synapse-worker"]
+        for name in ("members", "conflicted", "branches", "seed", "room_version"):
+            cmd += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
+        worker = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert worker.stdin is not None and worker.stdout is not None
+        same_input = worker.stdout.readline().split()[-1] == digest_input(events, sets)
+
+    def ask(command: str) -> Any:
+        assert worker is not None and worker.stdin is not None and worker.stdout is not None
+        worker.stdin.write(command + "\n")
+        worker.stdin.flush()
+        return json.loads(worker.stdout.readline())
+
+    # Runs alternate between the two resolvers (the other process waiting), so a
+    # change in the machine's load falls on both alike.
+    wall: list[float] = []
+    cpu: list[float] = []
+    theirs: list[dict[str, float]] = []
+    for _ in range(args.runs):
+        w, c = time_runs(once, 1)
+        wall += w
+        cpu += c
+        if worker is not None:
+            theirs.append(ask("run"))
     median_ms = statistics.median(cpu) * 1000
     print(
         f"fedlib.state.resolve: median {median_ms:.2f} ms CPU "
         f"({statistics.median(wall) * 1000:.2f} ms wall), min {min(cpu) * 1000:.2f} ms CPU"
     )
-    if args.compare != "synapse":
+    if worker is None:
         return
-    venv = os.environ.get("FEDLIB_SYNAPSE_VENV", "/work/synapse-venv")
-    cmd = [os.path.join(venv, "bin", "python"), os.path.abspath(__file__), "--synapse-worker"]
-    for name in ("members", "conflicted", "branches", "seed", "runs", "room_version"):
-        cmd += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-    theirs = json.loads(out.strip().splitlines()[-1])
-    same_input = theirs["input"] == digest_input(events, sets)
-    same_result = theirs["result"] == digest_state(result)
+    same_result = ask("result")["result"] == digest_state(result)
+    ask("quit")
+    worker.wait()
+    syn_ms = statistics.median(t["cpu"] for t in theirs) * 1000
+    syn_excl_ms = statistics.median(t["excl"] for t in theirs) * 1000
+    syn_wall_ms = statistics.median(t["wall"] for t in theirs) * 1000
     print(
-        f"synapse resolve_events_with_store: median {theirs['median_ms']:.2f} ms CPU "
-        f"({theirs['median_excl_ms']:.2f} ms without the shim's auth chain difference; "
-        f"{theirs['median_wall_ms']:.2f} ms wall)"
+        f"synapse resolve_events_with_store: median {syn_ms:.2f} ms CPU "
+        f"({syn_excl_ms:.2f} ms without the shim's auth chain difference; "
+        f"{syn_wall_ms:.2f} ms wall)"
     )
     print(f"same input: {same_input}; identical result: {same_result}")
-    print(
-        f"speed-up: {theirs['median_excl_ms'] / median_ms:.1f}x "
-        f"({theirs['median_ms'] / median_ms:.1f}x counting the shim)"
-    )
+    print(f"speed-up: {syn_excl_ms / median_ms:.1f}x ({syn_ms / median_ms:.1f}x counting the shim)")
     if not (same_input and same_result):
         sys.exit(1)
 
@@ -236,10 +258,11 @@ def run_synapse_worker(args: argparse.Namespace) -> None:
     if not room_id:
         room_id = "!" + next(iter(sets[0].values()))[1:]
     resolved: Any = None
-    excl: list[float] = []
 
-    def once() -> None:
+    def once() -> dict[str, float]:
         nonlocal resolved
+        gc.collect()
+        start_wall, start_cpu = time.perf_counter(), time.process_time()
         store = Store()
         if args.room_version == "1":
 
@@ -249,26 +272,26 @@ def run_synapse_worker(args: argparse.Namespace) -> None:
             coro = synapse_v1.resolve_events_with_store(room_id, rv, sets, None, factory)
         else:
             coro = synapse_v2.resolve_events_with_store(Clock(), room_id, rv, sets, None, store)
-        start = time.process_time()
         # Synapse returns a ChainMap over the unconflicted and resolved maps; it
         # is turned into a dict only after the clock stops, as Synapse's callers
         # use it as it is.
         resolved = drive(coro)
-        excl.append(time.process_time() - start - store.diff_s)
+        cpu = time.process_time() - start_cpu
+        wall = time.perf_counter() - start_wall
+        return {"cpu": cpu, "wall": wall, "excl": cpu - store.diff_s}
 
-    wall, cpu = time_runs(once, args.runs)
-    result = dict(resolved)
-    print(
-        json.dumps(
-            {
-                "input": digest_input(events, sets),
-                "result": digest_state(result),
-                "median_ms": statistics.median(cpu) * 1000,
-                "median_wall_ms": statistics.median(wall) * 1000,
-                "median_excl_ms": statistics.median(excl) * 1000,
-            }
-        )
-    )
+    # A small line protocol on stdin/stdout, driven by run_fedlib.
+    print("ready", digest_input(events, sets), flush=True)
+    for line in sys.stdin:
+        command = line.strip()
+        if command == "run":
+            answer: dict[str, Any] = once()
+        elif command == "result":
+            answer = {"result": digest_state(dict(resolved))}
+        else:
+            print("{}", flush=True)
+            return
+        print(json.dumps(answer), flush=True)
 
 
 def main() -> None:
