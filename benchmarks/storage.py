@@ -5,7 +5,9 @@ joins, then messages with occasional membership changes and a power-levels chang
 every 1,000 events (``--pl-every``; each is authed by the previous one, so
 auth chains grow deep), persisted in batches of 50. Then
 measures, as medians over ``--reads`` runs: get 100 random events by ID, the state
-after a random event, and the auth chain of a random join; finally the on-disk size.
+after a random event, the auth chain of a random join and of the last power-levels event (the deepest
+chain), and the auth chain difference of two full states (first call, then warm:
+the stores cache immutable auth edges); finally the on-disk size.
 
     python benchmarks/storage.py                 # 10,000 members, 100,000 events
     python benchmarks/storage.py --quick         # 1,000 members, 10,000 events
@@ -131,7 +133,18 @@ def run(
         t = time.perf_counter()
         dch = yield store.get_auth_chain([last_pl])
         deep.append(time.perf_counter() - t)
+    # State resolution's input: the auth chain difference of two full states.
+    mid = yield store.get_state_after(ids[len(ids) // 2])
+    end = yield store.get_state_after(ids[-1])
+    diff_runs = []
+    for _ in range(4):
+        t = time.perf_counter()
+        diff = yield store.get_auth_chain_difference([set(mid.values()), set(end.values())])
+        diff_runs.append(time.perf_counter() - t)
     return {
+        "chain_diff_cold_ms": diff_runs[0] * 1000,
+        "chain_diff_ms": median_ms(diff_runs[1:]),
+        "chain_diff_size": len(diff),
         "events": len(events),
         "persist_events_per_s": len(events) / persist_s,
         "get_100_events_ms": median_ms(get100),
@@ -227,7 +240,9 @@ def main(reactor: Any, argv: list[str]) -> Generator[Any, Any, None]:
             f"state after event ({res['state_size']} keys) {res['state_after_event_ms']:6.2f} ms | "
             f"auth chain of a join ({res['auth_chain_size']} events) "
             f"{res['auth_chain_of_join_ms']:6.2f} ms | deep auth chain ({res['deep_chain_size']}) "
-            f"{res['deep_chain_ms']:6.2f} ms | on disk {res['disk_mb']:.1f} MiB, "
+            f"{res['deep_chain_ms']:6.2f} ms | auth chain difference of two full states "
+            f"({res['chain_diff_size']}) first {res['chain_diff_cold_ms']:7.2f} ms, "
+            f"then {res['chain_diff_ms']:7.2f} ms | on disk {res['disk_mb']:.1f} MiB, "
             f"{res['state_groups']} state groups holding {res['state_mb']:.1f} MiB of JSON"
         )
 

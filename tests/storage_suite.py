@@ -426,6 +426,22 @@ class StoreTestsMixin:
         self.assertEqual(diff, {"$pl2", "$pl3"})
         self.assertEqual((yield self.store.get_auth_chain_difference([])), set())
 
+    @defer.inlineCallbacks
+    def test_auth_chain_grows_when_missing_events_arrive(self) -> Generator[Any, Any, None]:
+        yield self._create_room()
+        x = ev("$x", [], 9, auth=["$create", "$later"])
+        yield self.store.persist_events(ROOM, [PersistItem(x, "$x", EventStatus.OUTLIER)])
+        self.assertEqual((yield self.store.get_auth_chain(["$x"])), {"$create"})
+        later = ev("$later", [], 8, auth=["$pl"])
+        yield self.store.persist_events(ROOM, [PersistItem(later, "$later", EventStatus.OUTLIER)])
+        self.assertEqual(
+            (yield self.store.get_auth_chain(["$x"])), {"$create", "$later", "$pl", "$join"}
+        )
+        self.assertEqual(
+            (yield self.store.get_auth_chain_difference([{"$x"}, {"$join"}])),
+            {"$x", "$later", "$pl"},
+        )
+
     # -- history ---------------------------------------------------------------
 
     @defer.inlineCallbacks

@@ -170,10 +170,12 @@ class _NewGroup:
 class SqlStore:
     """Base class: subclasses provide :meth:`_run` and :meth:`_next_streams`."""
 
-    def __init__(self, clock: Callable[[], int] = c.now_ms) -> None:
+    def __init__(self, clock: Callable[[], int] = c.now_ms, auth_cache_size: int = 200_000) -> None:
         self._clock = clock
         self._cache_lock = threading.Lock()
         self._group_cache: OrderedDict[int, dict[StateKey, str]] = OrderedDict()
+        self._auth_cache: OrderedDict[str, tuple[str, ...]] = OrderedDict()
+        self._auth_cache_size = auth_cache_size
 
     # -- plumbing for subclasses -----------------------------------------------
 
@@ -846,22 +848,81 @@ class SqlStore:
 
     # -- auth chains -----------------------------------------------------------
 
-    def _auth_chain(self, cur: Cursor, ids: list[str]) -> set[str]:
-        # One recursive query per chunk of starting events; UNION (not UNION ALL)
-        # stops at events already reached, so shared chains are walked once.
-        out: set[str] = set()
+    def _auth_graph(self, cur: Cursor, starts: Iterable[str]) -> dict[str, tuple[str, ...]]:
+        """The stored auth events of every stored event reachable from ``starts``.
+
+        An event's auth events never change and events are never deleted, so an
+        answer whose auth events were all stored stays true forever: such answers
+        are kept in a process-wide LRU and the hot part of a room's auth DAG (power
+        levels, join rules, members) is then walked without touching the database.
+        What is not cached comes from one recursive query per round.
+        """
+        graph: dict[str, tuple[str, ...]] = {}
+        cold: set[str] = set()
+        stack = list(starts)
+        with self._cache_lock:
+            while stack:
+                e = stack.pop()
+                if e in graph or e in cold:
+                    continue
+                hit = self._auth_cache.get(e)
+                if hit is None:
+                    cold.add(e)
+                    continue
+                self._auth_cache.move_to_end(e)
+                graph[e] = hit
+                stack.extend(hit)
+        # A fetch brings the whole closure of what it is asked for, so one suffices.
+        if cold:
+            graph.update(self._fetch_auth_closure(cur, list(cold)))
+        return graph
+
+    def _fetch_auth_closure(self, cur: Cursor, ids: list[str]) -> dict[str, tuple[str, ...]]:
         cur.index_nested_loops()
+        found: dict[str, list[str]] = {}
         for chunk in _chunks(ids):
             marks = ",".join("?" * len(chunk))
+            # UNION (not UNION ALL) visits each event once, however many paths. Every
+            # auth event of a node is itself a node, so "stored" is "a node that
+            # joins events", decided below without another lookup.
             rows = cur.q(
-                "WITH RECURSIVE chain(id) AS ("
-                f" SELECT auth_id FROM event_auth WHERE event_id IN ({marks})"
-                " UNION SELECT a.auth_id FROM event_auth a JOIN chain ON a.event_id = chain.id)"
-                " SELECT chain.id FROM chain JOIN events e ON e.event_id = chain.id",
+                "WITH RECURSIVE sub(id) AS ("
+                f" SELECT event_id FROM events WHERE event_id IN ({marks})"
+                " UNION SELECT a.auth_id FROM event_auth a JOIN sub ON a.event_id = sub.id)"
+                " SELECT s.id, a.auth_id FROM sub s JOIN events e ON e.event_id = s.id"
+                " LEFT JOIN event_auth a ON a.event_id = s.id",
                 list(chunk),
             )
-            out.update(r[0] for r in rows)
+            for node, auth in rows:
+                deps = found.setdefault(node, [])
+                if auth is not None:
+                    deps.append(auth)
+        complete = {k: all(a in found for a in v) for k, v in found.items()}
+        found = {k: [a for a in v if a in found] for k, v in found.items()}
+        out = {k: tuple(v) for k, v in found.items()}
+        with self._cache_lock:
+            for k, v in out.items():
+                if complete[k]:
+                    self._auth_cache[k] = v
+                    self._auth_cache.move_to_end(k)
+            while len(self._auth_cache) > self._auth_cache_size:
+                self._auth_cache.popitem(last=False)
         return out
+
+    @staticmethod
+    def _chain_in(graph: Mapping[str, tuple[str, ...]], ids: Iterable[str]) -> set[str]:
+        seen: set[str] = set()
+        todo = [a for e in ids if e in graph for a in graph[e]]
+        while todo:
+            e = todo.pop()
+            if e in seen:
+                continue
+            seen.add(e)
+            todo.extend(graph.get(e, ()))
+        return seen
+
+    def _auth_chain(self, cur: Cursor, ids: list[str]) -> set[str]:
+        return self._chain_in(self._auth_graph(cur, ids), ids)
 
     def get_auth_chain(self, event_ids: Iterable[str]) -> D[set[str]]:
         return self._read(self._auth_chain, list(dict.fromkeys(event_ids)))
@@ -870,14 +931,9 @@ class SqlStore:
         sets = [list(s) for s in state_sets]
 
         def txn(cur: Cursor) -> set[str]:
-            seen = {
-                r[0]
-                for r in cur.q_in(
-                    "SELECT event_id FROM events WHERE event_id IN ({in})",
-                    [e for s in sets for e in s],
-                )
-            }
-            chains = [self._auth_chain(cur, s) | (set(s) & seen) for s in sets]
+            # One graph for all sets: their chains overlap almost entirely.
+            graph = self._auth_graph(cur, [e for s in sets for e in s])
+            chains = [self._chain_in(graph, s) | {e for e in s if e in graph} for s in sets]
             if not chains:
                 return set()
             union: set[str] = set().union(*chains)
