@@ -407,3 +407,30 @@ class NioAgainstTwistdFedlib(unittest.TestCase):
         sync = yield self.aio.run(knock(), timeout=90)
         self.assertIn(knockable, sync["rooms"]["knock"])
         yield wait_membership(knockable, "knock")
+
+        # And the other way: the nio user invites the Synapse user (/invite handshake).
+        async def invite_frank() -> str:
+            created = await client.room_create(name="from gina")
+            assert isinstance(created, nio.RoomCreateResponse), created
+            invited = await client.room_invite(created.room_id, frank.user_id)
+            assert isinstance(invited, nio.RoomInviteResponse), invited
+            return str(created.room_id)
+
+        own_room = yield self.aio.run(invite_frank(), timeout=90)
+
+        def frank_invited(sync: dict[str, Any]) -> bool:
+            return own_room in sync.get("rooms", {}).get("invite", {})
+
+        yield frank.sync_until(frank_invited, timeout=60)
+        yield frank.join(own_room, [self.fedlib.server_name])
+
+        async def frank_joined() -> bool:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                await client.sync(timeout=1000)
+                room = client.rooms.get(own_room)
+                if room is not None and frank.user_id in room.users:
+                    return True
+            return False
+
+        self.assertTrue((yield self.aio.run(frank_joined(), timeout=90)))
