@@ -143,3 +143,20 @@ class SqliteStateStorageTests(unittest.TestCase):
         self.assertEqual(len(blobs), 602)
         total = sum(len(_decode_entries(b)) for b in blobs)
         self.assertLess(total, 8000)
+
+
+class OpenStoreTests(unittest.TestCase):
+    @defer.inlineCallbacks
+    def test_urls(self) -> Generator[Any, Any, None]:
+        from fedlib.storage import MemoryStore, open_store
+
+        mem = yield open_store("memory:")
+        self.assertIsInstance(mem, MemoryStore)
+        path = os.path.abspath(self.mktemp()) + ".db"
+        store = yield open_store(f"sqlite://{path}")
+        self.assertIsInstance(store, SqliteStore)
+        yield store.store_room("!r:a", "10")
+        yield store.close()
+        self.assertTrue(os.path.exists(path))
+        yield self.assertFailure(open_store("mysql://x"), ValueError)
+        yield self.assertFailure(open_store("sqlite:"), ValueError)
