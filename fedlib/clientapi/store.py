@@ -430,23 +430,20 @@ class SQLiteClientStore:
 
         def q(c: sqlite3.Connection) -> int:
             for eid in ids:
-                c.execute(
-                    "INSERT OR IGNORE INTO stream (room_id, event_id) VALUES (?, ?)",
-                    (room_id, eid),
-                )
+                # Checked first: an ignored INSERT would still advance AUTOINCREMENT.
+                if c.execute("SELECT 1 FROM stream WHERE event_id = ?", (eid,)).fetchone():
+                    continue
+                c.execute("INSERT INTO stream (room_id, event_id) VALUES (?, ?)", (room_id, eid))
             for user_id, membership, change_id in changes:
                 row = None
                 if change_id is not None:
-                    c.execute(
-                        "INSERT OR IGNORE INTO stream (room_id, event_id) VALUES (?, ?)",
-                        (room_id, change_id),
-                    )
                     row = c.execute(
                         "SELECT pos FROM stream WHERE event_id = ?", (change_id,)
                     ).fetchone()
                 if row is None:
                     cur = c.execute(
-                        "INSERT INTO stream (room_id, event_id) VALUES (?, NULL)", (room_id,)
+                        "INSERT INTO stream (room_id, event_id) VALUES (?, ?)",
+                        (room_id, change_id),
                     )
                     pos = int(cur.lastrowid or 0)
                 else:
