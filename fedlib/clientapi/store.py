@@ -216,6 +216,11 @@ class SQLiteClientStore:
         self._reactor = reactor
         self._pool = ThreadPool(minthreads=1, maxthreads=1, name="fedlib-clientapi-db")
         self._pool.start()
+        # Like the reactor's own pool: stopped at shutdown even when close() was
+        # never reached (a failed start), so its thread cannot keep the process alive.
+        self._shutdown_trigger = reactor.addSystemEventTrigger(
+            "during", "shutdown", self._pool.stop
+        )
         self._lock = threading.Lock()
         self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._conn.execute("PRAGMA journal_mode=WAL")
@@ -250,6 +255,7 @@ class SQLiteClientStore:
 
         def stop_pool(result: Any) -> Any:
             self._pool.stop()
+            self._reactor.removeSystemEventTrigger(self._shutdown_trigger)
             return result
 
         d = threads.deferToThreadPool(self._reactor, self._pool, shut)
