@@ -398,6 +398,8 @@ class ClientAPI:
         member = await self._membership(room_id, call.user_id)
         if member is not None and member.membership == "join":
             return {"room_id": room_id}
+        if not via and not await self._server_in_room(room_id):
+            raise MatrixError(404, "M_NOT_FOUND", f"Unknown room {room_id} and no server to ask")
         event_id = await self.fed.join_room(room_id, call.user_id, via)
         await self._record(room_id, call.user_id, "join", event_id)
         return {"room_id": room_id}
@@ -416,6 +418,8 @@ class ClientAPI:
             )
             await self._record(room_id, call.user_id, "knock", event_id)
             return {"room_id": room_id}
+        if not via:
+            raise MatrixError(404, "M_NOT_FOUND", f"Unknown room {room_id} and no server to ask")
         result = await self.fed.knock_room(room_id, call.user_id, via, reason)
         head = await self.store.set_stripped_membership(
             room_id,
