@@ -48,7 +48,7 @@ class Call:
     body: bytes
     #: The caller's session (``None`` on endpoints that need no token).
     session: Session | None
-    #: The raw access token, for endpoints that act on it (logout).
+    #: The SHA-256 of the access token, for what is kept per token (logout, txn IDs).
     token_hash: str | None
     client_ip: str
 
