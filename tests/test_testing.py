@@ -82,3 +82,26 @@ class LoopbackWithFakeTests(unittest.TestCase):
         stored = yield self.fed.service.store.get_events([state[("m.room.member", self.bob)]])
         event = next(iter(stored.values())).event
         self.assertIn(self.fake.server_name, event["signatures"])
+
+    @defer.inlineCallbacks
+    def test_knock_and_leave_fake_room(self) -> Any:
+        room_id = self.fake.create_room(
+            self.bob,
+            "10",
+            preset="private_chat",
+            initial_state=[],
+            power_level_content_override=None,
+        )
+        room = self.fake.rooms[room_id]
+        rules = self.fake.create_event(
+            room_id, self.bob, "m.room.join_rules", {"join_rule": "knock"}, ""
+        )
+        self.assertEqual(room.state[("m.room.join_rules", "")], rules.event_id)
+        yield self.fed.service.knock_room(room_id, self.alice, [self.fake.server_name])
+        self.assertEqual(room.members("knock"), {self.alice})
+        yield self.fed.service.leave(room_id, self.alice, servers=[self.fake.server_name])
+        self.assertEqual(room.members("leave"), {self.alice})
+        paths = [
+            r.path.split("/")[4] for r in self.fake.requests(path_prefix="/_matrix/federation")
+        ]
+        self.assertEqual(paths, ["make_knock", "send_knock", "make_leave", "send_leave"])

@@ -405,6 +405,14 @@ class FakeRemoteServer:
         self._route("PUT", f"{fed}/v1/send/{{txnId}}", self._send)
         self._route("GET", f"{fed}/v1/make_join/{{roomId}}/{{userId}}", self._make_join)
         self._route("PUT", f"{fed}/v2/send_join/{{roomId}}/{{eventId}}", self._send_join)
+        self._route(
+            "GET", f"{fed}/v1/make_knock/{{roomId}}/{{userId}}", lambda r: self._make(r, "knock")
+        )
+        self._route("PUT", f"{fed}/v1/send_knock/{{roomId}}/{{eventId}}", self._send_knock)
+        self._route(
+            "GET", f"{fed}/v1/make_leave/{{roomId}}/{{userId}}", lambda r: self._make(r, "leave")
+        )
+        self._route("PUT", f"{fed}/v2/send_leave/{{roomId}}/{{eventId}}", self._send_leave)
         self._route("PUT", f"{fed}/v2/invite/{{roomId}}/{{eventId}}", self._invite)
         self._route("GET", f"{fed}/v1/event/{{eventId}}", self._event)
         self._route("GET", f"{fed}/v1/state_ids/{{roomId}}", self._state_ids)
@@ -451,10 +459,13 @@ class FakeRemoteServer:
         return room
 
     def _make_join(self, req: ReceivedRequest) -> Any:
+        return self._make(req, "join")
+
+    def _make(self, req: ReceivedRequest, membership: str) -> Any:
         room = self._room(req.params["roomId"])
         user_id = req.params["userId"]
         versions = req.query.get("ver", ["1"])
-        if room.room_version not in versions:
+        if membership != "leave" and room.room_version not in versions:
             raise MatrixError(
                 400,
                 "M_INCOMPATIBLE_ROOM_VERSION",
@@ -465,7 +476,7 @@ class FakeRemoteServer:
             "type": "m.room.member",
             "state_key": user_id,
             "sender": user_id,
-            "content": {"membership": "join"},
+            "content": {"membership": membership},
         }
         version = get_room_version(room.room_version)
         last = room.events[room.last]
@@ -499,6 +510,26 @@ class FakeRemoteServer:
             "auth_chain": room.auth_chain(state_ids + [event_id]),
             "members_omitted": False,
         }
+
+    def _accept(self, req: ReceivedRequest) -> tuple[FakeRoom, str, dict[str, Any]]:
+        room = self._room(req.params["roomId"])
+        event = dict(req.content)
+        event_id = event_id_with(get_room_version(room.room_version), event)
+        room.add(event_id, event)
+        return room, event_id, event
+
+    def _send_knock(self, req: ReceivedRequest) -> Any:
+        room, _event_id, _event = self._accept(req)
+        wanted = ("m.room.create", "m.room.join_rules", "m.room.name", "m.room.topic")
+        return {
+            "knock_room_state": [
+                room.events[eid] for (t, sk), eid in room.state.items() if t in wanted and sk == ""
+            ]
+        }
+
+    def _send_leave(self, req: ReceivedRequest) -> Any:
+        self._accept(req)
+        return {}
 
     def _invite(self, req: ReceivedRequest) -> Any:
         body = req.content
