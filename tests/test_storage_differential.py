@@ -1,4 +1,4 @@
-"""MemoryStore and SqliteStore must answer alike: random room histories (forks,
+"""MemoryStore and the SQL stores must answer alike: random room histories (forks,
 merges given as state maps, every event status, outliers de-outliered later) go into
 both, then every query is compared."""
 
@@ -9,12 +9,15 @@ import random
 from collections.abc import Generator
 from typing import Any
 
-from twisted.internet import defer
+from twisted.internet import defer, threads
 from twisted.trial import unittest
 
 from fedlib.storage import EventStatus, MemoryStore, PersistItem, StateRef
 from fedlib.storage.sqlite import SqliteStore
+from tests.pg_util import PG_URL, drop_schema, fresh_schema, postgres_unavailable
 from tests.storage_suite import ROOM, ev
+
+_PG_SKIP = postgres_unavailable()
 
 STATUSES = [EventStatus.ACCEPTED] * 15 + [
     EventStatus.REJECTED,
@@ -38,10 +41,19 @@ class DifferentialTests(unittest.TestCase):
     timeout = 120
 
     @defer.inlineCallbacks
-    def _history(self, seed: int) -> Generator[Any, Any, None]:
+    def _history(self, seed: int, backend: str = "sqlite") -> Generator[Any, Any, None]:
         rng = random.Random(seed)
         mem = MemoryStore()
-        sql = yield SqliteStore.open(os.path.abspath(self.mktemp()) + ".db")
+        if backend == "sqlite":
+            sql = yield SqliteStore.open(os.path.abspath(self.mktemp()) + ".db")
+        else:
+            if _PG_SKIP:
+                raise unittest.SkipTest(_PG_SKIP)
+            from fedlib.storage.postgres import PostgresStore
+
+            schema = fresh_schema()
+            self.addCleanup(threads.deferToThread, drop_schema, schema)
+            sql = yield PostgresStore.open(PG_URL, schema)
         self.addCleanup(sql.close)
         stores = [mem, sql]
         for s in stores:
@@ -185,3 +197,6 @@ class DifferentialTests(unittest.TestCase):
 
     def test_seed_3(self) -> defer.Deferred[None]:
         return self._history(3)
+
+    def test_postgres_seed_4(self) -> defer.Deferred[None]:
+        return self._history(4, "postgres")
