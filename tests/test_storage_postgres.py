@@ -77,3 +77,16 @@ class PostgresSchemaTests(unittest.TestCase):
         self.addCleanup(store.close)
         self.assertEqual((yield store.get_state_after("$a")), V1_STATE_A)
         self.assertEqual((yield store.get_state_after("$b")), V1_STATE_B)
+
+    @defer.inlineCallbacks
+    def test_concurrent_first_opens(self) -> Generator[Any, Any, None]:
+        """Several stores opening one empty schema at once: one migrates, all work."""
+        schema = fresh_schema()
+        self.addCleanup(threads.deferToThread, drop_schema, schema)
+        results = yield defer.gatherResults(
+            [PostgresStore.open(PG_URL, schema) for _ in range(4)], consumeErrors=True
+        )
+        for store in results:
+            self.addCleanup(store.close)
+        yield results[0].store_room("!r:a", "10")
+        self.assertEqual((yield results[3].get_room_version("!r:a")), "10")

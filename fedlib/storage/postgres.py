@@ -14,6 +14,7 @@ LOCKED``; schema migrations run under a transaction-level advisory lock.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -88,7 +89,11 @@ class PostgresStore(SqlStore):
 
     def _setup(self) -> None:
         if self._schema is not None:
-            with psycopg.connect(self._conninfo, autocommit=True) as conn:
+            # IF NOT EXISTS is not atomic: another process may create it meanwhile.
+            with (
+                psycopg.connect(self._conninfo, autocommit=True) as conn,
+                contextlib.suppress(psycopg.errors.UniqueViolation),
+            ):
                 conn.execute(f"CREATE SCHEMA IF NOT EXISTS {self._schema}")
         self._pool.open(wait=True, timeout=10)
 
