@@ -178,6 +178,8 @@ class PartialStateTests(PipelineBase):
         rb = RoomBuilder("10", {OUR_NAME: self.h.us, "remote.test": self.remote})
         rb.create_room(ALICE, extra_members=[BOB])
         bob_join = rb.state[("m.room.member", BOB)]
+        # Our own later event, the kind whose stored state stays partial.
+        rb.add("m.room.topic", ALICE, {"topic": "after bob"}, "")
         self.successResultOf(self.h.store.store_room(rb.room_id, "10", True))
         # As after a partial-state join: Bob's membership is known (an outlier)
         # but missing from the state we hold.
@@ -201,5 +203,30 @@ class PartialStateTests(PipelineBase):
     def test_full_state_rejects_the_same_event(self) -> None:
         rb, msg = self._room_without_bobs_membership_in_state()
         self.successResultOf(self.h.store.set_partial_state(rb.room_id, False))
+        out = self.successResultOf(self.run_pdus(self.pipeline(), rb, msg))
+        self.assertIs(out[msg[0]].status, EventStatus.REJECTED)
+
+    def test_state_left_partial_after_resync(self) -> None:
+        """The resync replaced the current state but not the state stored for older
+        events: the sender's membership is taken from its auth events."""
+        rb, msg = self._room_without_bobs_membership_in_state()
+        current = self.successResultOf(self.h.store.get_current_state(rb.room_id))
+        full = {**current, ("m.room.member", BOB): rb.state[("m.room.member", BOB)]}
+        self.successResultOf(self.h.store.persist_events(rb.room_id, [], current_state=full))
+        self.successResultOf(self.h.store.set_partial_state(rb.room_id, False))
+        out = self.successResultOf(self.run_pdus(self.pipeline(), rb, msg))
+        self.assertIs(out[msg[0]].status, EventStatus.ACCEPTED, out)
+
+    def test_event_placed_before_its_senders_join_still_rejected(self) -> None:
+        rb = RoomBuilder("10", {OUR_NAME: self.h.us, "remote.test": self.remote})
+        rb.create_room(ALICE)
+        early = list(rb.head)
+        early_state = dict(rb.state)
+        rb.add("m.room.member", BOB, {"membership": "join"}, BOB)
+        self.successResultOf(rb.persist_all(self.h.store))
+        auth = [early_state[("m.room.power_levels", "")], rb.state[("m.room.member", BOB)]]
+        if ("m.room.create", "") in early_state:
+            auth.append(early_state[("m.room.create", "")])
+        msg = rb.make("m.room.message", BOB, {"body": "back-dated"}, prev=early, auth=auth)
         out = self.successResultOf(self.run_pdus(self.pipeline(), rb, msg))
         self.assertIs(out[msg[0]].status, EventStatus.REJECTED)

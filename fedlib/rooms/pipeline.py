@@ -332,6 +332,11 @@ class IncomingPduPipeline:
         if state_before is None:
             return PduOutcome(event_id, None, "Could not determine the state before the event")
 
+        if fallback is None and own_reason is None:
+            fallback = await self._incomplete_state_fallback(
+                room_id, event, auth_events, state_before, batch if chained else None
+            )
+
         status = EventStatus.ACCEPTED
         reason = own_reason
         if reason is None:
@@ -471,6 +476,50 @@ class IncomingPduPipeline:
             self._creates.clear()
         self._creates[room_id] = (stored.event_id, stored.event)
         return stored.event_id, stored.event
+
+    async def _incomplete_state_fallback(
+        self,
+        room_id: str,
+        event: Mapping[str, Any],
+        auth_events: Mapping[str, tuple[Mapping[str, Any], bool]],
+        state_before: Mapping[StateKey, str],
+        batch: _Batch | None,
+    ) -> dict[StateKey, Mapping[str, Any]] | None:
+        """Auth events to use for keys the state before ``event`` lacks, when that
+        state is one left partial by a faster join.
+
+        The resync after a partial-state join replaces the room's current state, but
+        the state stored for the events of that time (our join first) stays partial,
+        and later events build on it. An auth event is used for a key that state
+        lacks only when the current state holds that very event and it is older
+        than every prev event: so an event placed before its sender's join (whose
+        prev events precede that join) is still rejected.
+        """
+        missing: dict[StateKey, tuple[str, Mapping[str, Any]]] = {}
+        for auth_id, (ev, rejected) in auth_events.items():
+            key = _state_key(ev)
+            if key is not None and key not in state_before and not rejected:
+                missing[key] = (auth_id, ev)
+        if not missing:
+            return None
+        prevs = _ref_ids(event.get("prev_events"))
+        depths: list[int] = []
+        if batch is not None and batch.tip_id is not None and batch.items:
+            depths.append(_depth(batch.items[-1][0].event))
+        else:
+            stored = await self.store.get_events(prevs)
+            if len(stored) != len(prevs):
+                return None
+            depths.extend(s.depth for s in stored.values())
+        if not depths:
+            return None
+        current = await self.store.get_current_state(room_id)
+        out = {
+            key: ev
+            for key, (auth_id, ev) in missing.items()
+            if current.get(key) == auth_id and _depth(ev) < min(depths)
+        }
+        return out or None
 
     async def _check_against(
         self,

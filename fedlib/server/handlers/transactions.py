@@ -196,6 +196,15 @@ class _TransactionHandler:
                 out[event_id] = {}
             else:
                 out[event_id] = {"error": outcome.error or "Rejected"}
+        for event_id, answer in out.items():
+            if "error" in answer:
+                log.info(
+                    "PDU {event_id} from {origin} in {room_id}: {error}",
+                    event_id=event_id,
+                    origin=origin,
+                    room_id=room_id,
+                    error=answer["error"],
+                )
         return out
 
     async def _edus(self, origin: str, edus: list[Any]) -> None:
