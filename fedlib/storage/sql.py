@@ -10,9 +10,11 @@ stores its delta against the ancestor at ``depth - lowbit(depth)`` (a Fenwick tr
 along the chain), so reading any group reads O(log depth) deltas whose sizes sum
 to at most ``depth`` changes, and the deltas of ``n`` groups hold O(n log n)
 entries in total. A new snapshot starts when the depth reaches a power of two at
-least as large as the last snapshot: snapshots then cost O(1) rows per change,
+least as large as the last snapshot: snapshots then cost O(1) entries per change,
 amortised. Events point at their state-before and state-after groups; a non-state
-event shares its group with its predecessor, so storage is O(events + changes).
+event shares its group with its predecessor, so storage is O(events + c log c) for
+c state changes, never O(events x members). Each group's entries are one JSON
+object (schema version 2), so reading a snapshot is one row.
 """
 
 from __future__ import annotations
