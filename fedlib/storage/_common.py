@@ -83,14 +83,6 @@ def check_items(room_id: str, items: list[PersistItem]) -> None:
             pass
 
 
-def apply_event(state: StateMap, item: PersistItem) -> dict[StateKey, str]:
-    after = dict(state)
-    sk = state_key_of(item.event)
-    if sk is not None and changes_state(item):
-        after[sk] = item.event_id
-    return after
-
-
 def new_extremities(
     old: Iterable[str],
     new_events: list[tuple[str, list[str]]],

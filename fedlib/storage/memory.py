@@ -1,14 +1,15 @@
 """An in-memory :class:`IFederationStore` for tests and embedders' tests.
 
-Same semantics as the database stores. State maps are kept per event (shared
-between events whose state is equal), which is fine for test-sized rooms; the
-database stores use state groups instead.
+Same semantics as the database stores. The state at an event is a node holding
+one change against its parent node, with a full copy every 64 changes, so a
+room of many members does not cost a full map per state event.
 """
 
 from __future__ import annotations
 
 import bisect
 import heapq
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -45,6 +46,20 @@ def _ok(value: Any) -> D[Any]:
     return defer.succeed(value)
 
 
+#: A full copy of the state every this many changes bounds reads to that many steps.
+_FLATTEN = 64
+
+
+@attrs.define(slots=True, eq=False)
+class _State:
+    """The state at some event: ``change`` applied to ``parent``'s state, or the whole
+    state when ``parent`` is None. Nodes are never mutated once made."""
+
+    parent: _State | None
+    change: dict[StateKey, str]
+    depth: int = 0
+
+
 @attrs.define
 class _Txn:
     claimer: str | None
@@ -61,8 +76,9 @@ class MemoryStore:
         self._rooms: dict[str, RoomInfo] = {}
         self._stripped: dict[tuple[StrippedKind, str, str], StrippedRoom] = {}
         self._events: dict[str, StoredEvent] = {}
-        self._state_before: dict[str, dict[StateKey, str]] = {}
-        self._state_after: dict[str, dict[StateKey, str]] = {}
+        self._state_before: dict[str, _State] = {}
+        self._state_after: dict[str, _State] = {}
+        self._materialised: OrderedDict[_State, dict[StateKey, str]] = OrderedDict()
         self._extremities: dict[str, set[str]] = {}
         self._current: dict[str, dict[StateKey, str]] = {}
         self._referenced: set[str] = set()
@@ -126,11 +142,38 @@ class MemoryStore:
 
     # -- events ----------------------------------------------------------------
 
+    def _materialise(self, node: _State) -> dict[StateKey, str]:
+        """The full state of ``node`` (shared: copy before handing it out)."""
+        if node.parent is None:
+            return node.change
+        hit = self._materialised.get(node)
+        if hit is not None:
+            return hit
+        chain = []
+        n: _State = node
+        while n.parent is not None:
+            chain.append(n)
+            n = n.parent
+        state = dict(n.change)
+        for step in reversed(chain):
+            state.update(step.change)
+        self._materialised[node] = state
+        while len(self._materialised) > 8:
+            self._materialised.popitem(last=False)
+        return state
+
+    def _derive(self, node: _State, key: StateKey, event_id: str) -> _State:
+        if node.depth + 1 >= _FLATTEN:
+            full = dict(self._materialise(node))
+            full[key] = event_id
+            return _State(None, full)
+        return _State(node, {key: event_id}, node.depth + 1)
+
     def _resolve_ref(
-        self, ref: StateMap | StateRef, pending: Mapping[str, tuple[dict[StateKey, str], ...]]
-    ) -> dict[StateKey, str]:
+        self, ref: StateMap | StateRef, pending: Mapping[str, tuple[_State, _State]]
+    ) -> _State:
         if not isinstance(ref, StateRef):
-            return dict(ref)
+            return _State(None, dict(ref))
         if ref.event_id in pending:
             before, after = pending[ref.event_id]
             return after if ref.after else before
@@ -162,7 +205,7 @@ class MemoryStore:
             raise ValueError(f"unknown room {room_id}")
         c.check_items(room_id, items)
         # Compute everything first so a failure leaves the store untouched.
-        pending: dict[str, tuple[dict[StateKey, str], dict[StateKey, str]]] = {}
+        pending: dict[str, tuple[_State, _State]] = {}
         todo: list[PersistItem] = []
         todo_ids: set[str] = set()  # a set: a join's thousands of outliers made this quadratic
         for item in items:
@@ -182,7 +225,9 @@ class MemoryStore:
             if item.state_after is not None:
                 after = self._resolve_ref(item.state_after, pending)
             elif c.changes_state(item):
-                after = c.apply_event(before, item)
+                sk = c.state_key_of(item.event)
+                assert sk is not None
+                after = self._derive(before, sk, item.event_id)
             else:
                 after = before
             pending[item.event_id] = (before, after)
@@ -227,11 +272,11 @@ class MemoryStore:
             self._referenced.update(prevs)
         self._extremities[room_id] = ext
         if new_current is not None:
-            self._current[room_id] = dict(new_current)
+            self._current[room_id] = dict(self._materialise(new_current))
         else:
             last = [e for e, _ in accepted if e in ext]
             if last:
-                self._current[room_id] = dict(self._state_after[last[-1]])
+                self._current[room_id] = dict(self._materialise(self._state_after[last[-1]]))
         return result
 
     def get_events(self, event_ids: Iterable[str]) -> D[dict[str, StoredEvent]]:
@@ -261,14 +306,20 @@ class MemoryStore:
 
     def get_state_before(self, event_id: str) -> D[dict[StateKey, str] | None]:
         s = self._state_before.get(event_id)
-        return _ok(dict(s) if s is not None else None)
+        return _ok(dict(self._materialise(s)) if s is not None else None)
 
     def get_state_after(self, event_id: str) -> D[dict[StateKey, str] | None]:
         s = self._state_after.get(event_id)
-        return _ok(dict(s) if s is not None else None)
+        return _ok(dict(self._materialise(s)) if s is not None else None)
 
     def get_state_after_events(self, event_ids: Iterable[str]) -> D[dict[str, dict[StateKey, str]]]:
-        return _ok({e: dict(self._state_after[e]) for e in event_ids if e in self._state_after})
+        return _ok(
+            {
+                e: dict(self._materialise(self._state_after[e]))
+                for e in event_ids
+                if e in self._state_after
+            }
+        )
 
     def get_current_state(self, room_id: str) -> D[dict[StateKey, str]]:
         return _ok(dict(self._current.get(room_id, {})))
