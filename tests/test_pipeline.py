@@ -216,6 +216,11 @@ class PartialStateTests(PipelineBase):
         self.successResultOf(self.h.store.set_partial_state(rb.room_id, False))
         out = self.successResultOf(self.run_pdus(self.pipeline(), rb, msg))
         self.assertIs(out[msg[0]].status, EventStatus.ACCEPTED, out)
+        # The state stored for the new event is the full one, so the current
+        # state does not regress to the partial one.
+        before = self.successResultOf(self.h.store.get_state_before(msg[0]))
+        self.assertEqual(before, full)
+        self.assertEqual(self.successResultOf(self.h.store.get_current_state(rb.room_id)), full)
 
     def test_event_placed_before_its_senders_join_still_rejected(self) -> None:
         rb = RoomBuilder("10", {OUR_NAME: self.h.us, "remote.test": self.remote})

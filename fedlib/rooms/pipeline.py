@@ -332,10 +332,13 @@ class IncomingPduPipeline:
         if state_before is None:
             return PduOutcome(event_id, None, "Could not determine the state before the event")
 
-        if fallback is None and own_reason is None:
-            fallback = await self._incomplete_state_fallback(
-                room_id, event, auth_events, state_before, batch if chained else None
-            )
+        current_state: dict[StateKey, str] | None = None
+        if not chained and not self._partial.get(room_id, False):
+            current_state = dict(await self.store.get_current_state(room_id))
+            healed = await self._heal_state(event, state_before, current_state)
+            if healed:
+                state_before.update(healed)
+                state_ref = None
 
         status = EventStatus.ACCEPTED
         reason = own_reason
@@ -354,7 +357,12 @@ class IncomingPduPipeline:
         else:
             # Step 6: the current state (soft fail). After a chained event it is
             # the state before this one, which passed already.
-            current = state_before if chained else await self.store.get_current_state(room_id)
+            if chained:
+                current = state_before
+            elif current_state is not None:
+                current = current_state
+            else:
+                current = await self.store.get_current_state(room_id)
             if current and current != state_before:
                 try:
                     await self._check_against(version, event, current, create, fallback)
@@ -477,49 +485,39 @@ class IncomingPduPipeline:
         self._creates[room_id] = (stored.event_id, stored.event)
         return stored.event_id, stored.event
 
-    async def _incomplete_state_fallback(
+    async def _heal_state(
         self,
-        room_id: str,
         event: Mapping[str, Any],
-        auth_events: Mapping[str, tuple[Mapping[str, Any], bool]],
         state_before: Mapping[StateKey, str],
-        batch: _Batch | None,
-    ) -> dict[StateKey, Mapping[str, Any]] | None:
-        """Auth events to use for keys the state before ``event`` lacks, when that
-        state is one left partial by a faster join.
+        current: Mapping[StateKey, str],
+    ) -> dict[StateKey, str]:
+        """Entries of the current state to add to a state left partial by a faster join.
 
         The resync after a partial-state join replaces the room's current state, but
         the state stored for the events of that time (our join first) stays partial,
-        and later events build on it. An auth event is used for a key that state
-        lacks only when the current state holds that very event and it is older
-        than every prev event: so an event placed before its sender's join (whose
-        prev events precede that join) is still rejected.
+        and later events build on it. Keys the state before ``event`` lacks are
+        taken from the current state when the event there is older than every prev
+        event of ``event`` (so cannot have been added after them). An event placed
+        before its sender's join (prev events older than the join) gains nothing and
+        is still rejected. In a forked room a state event of another, older branch
+        can be taken in too: a known deviation, on the permissive side.
         """
-        missing: dict[StateKey, tuple[str, Mapping[str, Any]]] = {}
-        for auth_id, (ev, rejected) in auth_events.items():
-            key = _state_key(ev)
-            if key is not None and key not in state_before and not rejected:
-                missing[key] = (auth_id, ev)
+        missing = {key: eid for key, eid in current.items() if key not in state_before}
         if not missing:
-            return None
+            return {}
         prevs = _ref_ids(event.get("prev_events"))
-        depths: list[int] = []
-        if batch is not None and batch.tip_id is not None and batch.items:
-            depths.append(_depth(batch.items[-1][0].event))
-        else:
-            stored = await self.store.get_events(prevs)
-            if len(stored) != len(prevs):
-                return None
-            depths.extend(s.depth for s in stored.values())
-        if not depths:
-            return None
-        current = await self.store.get_current_state(room_id)
-        out = {
-            key: ev
-            for key, (auth_id, ev) in missing.items()
-            if current.get(key) == auth_id and _depth(ev) < min(depths)
+        stored_prevs = await self.store.get_events(prevs)
+        if not prevs or len(stored_prevs) != len(prevs):
+            return {}
+        floor = min(s.depth for s in stored_prevs.values())
+        found = await self.store.get_events(list(missing.values()))
+        return {
+            key: eid
+            for key, eid in missing.items()
+            if eid in found
+            and found[eid].depth < floor
+            and found[eid].status is not EventStatus.REJECTED
         }
-        return out or None
 
     async def _check_against(
         self,
