@@ -207,11 +207,6 @@ class FedlibJoinsSynapseRoom(SynapseTestCase):
     def test_v12_omit_members(self) -> Any:
         return self._scenario("12", omit_members=True)
 
-    test_v12_omit_members.todo = (  # type: ignore[attr-defined]
-        "After a partial-state join, the first PDU Synapse sends is not accepted by "
-        "fedlib's incoming pipeline (the /send answer carries an error for it)"
-    )
-
 
 def _membership_of(sync: dict[str, Any], room_id: str, user_id: str) -> str | None:
     """The latest membership of ``user_id`` seen in a /sync answer's joined room."""
