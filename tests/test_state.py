@@ -516,3 +516,16 @@ class ApiTests(unittest.TestCase):
             self.assertEqual(
                 auth_chain([topic], b.events), auth_chain([topic], b.events, version), version
             )
+
+    def test_read_only_mappings(self) -> None:
+        from types import MappingProxyType
+
+        for version in ("1", "10", "12"):
+            b, x, y = self._room(version)
+            expected = resolve(version, [x.state, y.state], b.events)
+            got = resolve(
+                version,
+                [MappingProxyType(x.state), MappingProxyType(y.state)],
+                MappingProxyType(b.events),
+            )
+            self.assertEqual(got, expected, version)
