@@ -36,7 +36,6 @@ from fedlib.state._events import (
     EventGraph,
     StateKey,
     StateMap,
-    state_key_of,
 )
 
 
@@ -84,7 +83,7 @@ def resolve_v2(
     full_conflicted |= conflicted_events
 
     # Step 1: power events and their auth ancestors inside the full conflicted set.
-    power_events = [eid for eid in full_conflicted if _is_power_event(graph.get(eid))]
+    power_events = [eid for eid in full_conflicted if _is_power_event(graph, eid)]
     sorted_power = _reverse_topological_power_sort(graph, power_events, full_conflicted)
 
     # Step 2. v2 starts from the unconflicted state, v2.1 from nothing; the
@@ -171,13 +170,14 @@ def _conflicted_subgraph(graph: EventGraph, closure: set[str], conflicted: set[s
     return found & closure
 
 
-def _is_power_event(event: Event) -> bool:
-    key = state_key_of(event)
+def _is_power_event(graph: EventGraph, event_id: str) -> bool:
+    key = graph.key_of(event_id)
     if key is None:
         return False
     if key in (POWER_LEVELS_KEY, JOIN_RULES_KEY, CREATE_KEY):
         return True
     if key[0] == "m.room.member":
+        event = graph.events[event_id]
         content = event.get("content")
         membership = content.get("membership") if isinstance(content, dict) else None
         return membership in ("leave", "ban") and event.get("sender") != key[1]
@@ -234,8 +234,11 @@ def _iterative_auth_checks(
     from that state from the event's own ``auth_events``."""
     version = graph.version
     key_of = graph.key_of
+    auth_ids_of = graph.auth_ids
+    get = graph.get
+    events = graph.events
+    v12 = version.room_id_is_create_hash
     for eid in event_ids:
-        event = graph.get(eid)
         key = key_of(eid)
         if key is None:
             continue
@@ -243,29 +246,33 @@ def _iterative_auth_checks(
             # No state-dependent rule applies to a create event.
             overlay[key] = eid
             continue
+        event = events[eid]
         # The create event's ID goes along with it: the rules check the v12 room
         # ID against it, and the ID is the key the event came under.
-        chosen: dict[StateKey, str] = {}
-        for aid in graph.auth_ids(eid):
+        auth_events: dict[StateKey, Event] = {}
+        create_id: str | None = None
+        for aid in auth_ids_of(eid):
             akey = key_of(aid)
             if akey is not None:
-                chosen[akey] = aid
+                auth_events[akey] = events[aid]
+                if akey == CREATE_KEY:
+                    create_id = aid
         for akey in auth_types_with(version, event):
-            current = overlay.get(akey)
-            if current is None:
-                current = base.get(akey)
+            current = overlay.get(akey) or base.get(akey)
             if current is not None:
-                chosen[akey] = current
-        if version.room_id_is_create_hash:
+                auth_events[akey] = get(current)
+                if akey == CREATE_KEY:
+                    create_id = current
+        if v12:
             # v12's selection leaves the create event out (events do not list
             # it), but it is authorising all the same: the state's one wins over
             # the implicit link, as for any other auth type.
             current = overlay.get(CREATE_KEY) or base.get(CREATE_KEY)
             if current is not None:
-                chosen[CREATE_KEY] = current
-        auth_events = {akey: graph.get(aid) for akey, aid in chosen.items()}
+                auth_events[CREATE_KEY] = get(current)
+                create_id = current
         try:
-            check_auth_with(version, event, auth_events, chosen.get(CREATE_KEY))
+            check_auth_with(version, event, auth_events, create_id)
         except AuthError:
             continue
         overlay[key] = eid
