@@ -1,0 +1,193 @@
+"""Black-box checks of ``twistd fedlib`` as a new user meets it: ``--help``, bad
+options and config files (one clear line, no traceback), start-up the README's
+way on a loopback port, a restart keeping the key, and SIGTERM."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from twisted.trial import unittest
+
+from tests.blackbox_helpers import TWISTD, FedlibProcess, free_port, raw_request
+
+RUN_TIMEOUT = 30
+
+
+def run(args: list[str], cwd: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [TWISTD, "-n", "--pidfile=", *args],
+        cwd=cwd or tempfile.mkdtemp(prefix="fedlib-blackbox-cli-"),
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT,
+    )
+
+
+class Usage(unittest.TestCase):
+    timeout = 120
+
+    def assertCleanFailure(self, proc: subprocess.CompletedProcess[str], *needles: str) -> None:
+        out = proc.stdout + proc.stderr
+        self.assertNotEqual(proc.returncode, 0, out)
+        self.assertNotIn("Traceback", out)
+        last = out.strip().splitlines()[-1] if out.strip() else ""
+        for needle in needles:
+            self.assertIn(needle, out, out)
+        self.assertTrue(last, out)
+
+    def test_help(self) -> None:
+        proc = run(["fedlib", "--help"])
+        self.assertEqual(proc.returncode, 0, proc.stderr)
+        for option in ("--server-name", "--data-dir", "--self-signed", "--listen", "--database"):
+            self.assertIn(option, proc.stdout)
+        self.assertNotIn("Traceback", proc.stdout + proc.stderr)
+
+    def test_listed_as_plugin(self) -> None:
+        proc = run(["--help"])
+        self.assertIn("fedlib", proc.stdout)
+
+    def test_bad_option(self) -> None:
+        self.assertCleanFailure(run(["fedlib", "--bogus"]), "--bogus")
+
+    def test_missing_server_name(self) -> None:
+        self.assertCleanFailure(run(["fedlib", "--self-signed"]), "--server-name")
+
+    def test_bad_server_name(self) -> None:
+        self.assertCleanFailure(run(["fedlib", "--server-name", "bad name!", "--self-signed"]))
+
+    def test_bad_database(self) -> None:
+        d = tempfile.mkdtemp(prefix="fedlib-blackbox-cli-")
+        args = ["fedlib", "--server-name", "127.0.0.1:1", "--self-signed", "--data-dir", d]
+        self.assertCleanFailure(run([*args, "--database", "mysql://x"]), "--database")
+
+    def test_bad_config_files(self) -> None:
+        d = Path(tempfile.mkdtemp(prefix="fedlib-blackbox-cli-"))
+        cases = {
+            "invalid.yaml": "limits: [1, 2\n",
+            "unknown.yaml": "bogus_option: 1\n",
+            "list.yaml": "- a\n- b\n",
+            "type.yaml": "limits:\n  max_request_body: lots\n",
+        }
+        for name, text in cases.items():
+            (d / name).write_text(text)
+            proc = run(
+                [
+                    "fedlib",
+                    "--server-name",
+                    "127.0.0.1:1",
+                    "--self-signed",
+                    "--data-dir",
+                    str(d / "data"),
+                    "--config",
+                    str(d / name),
+                ],
+                cwd=str(d),
+            )
+            self.assertCleanFailure(proc)
+        self.assertCleanFailure(
+            run(["fedlib", "--server-name", "127.0.0.1:1", "--config", str(d / "missing.yaml")]),
+            "missing.yaml",
+        )
+
+    def test_no_certificate_without_self_signed(self) -> None:
+        d = tempfile.mkdtemp(prefix="fedlib-blackbox-cli-")
+        port = free_port()
+        proc = run(
+            [
+                "fedlib",
+                "--server-name",
+                f"127.0.0.1:{port}",
+                "--data-dir",
+                d,
+                "--listen",
+                f"ssl:{port}:interface=127.0.0.1:privateKey={d}/tls.key:certKey={d}/tls.crt",
+            ]
+        )
+        self.assertCleanFailure(proc, "--self-signed")
+
+
+class Lifecycle(unittest.TestCase):
+    timeout = 120
+
+    def test_start_restart_sigterm(self) -> None:
+        fed = FedlibProcess()
+        self.addCleanup(fed.stop)
+        fed.start()
+        data = fed.data
+        for name in ("signing.key", "tls.crt", "tls.key"):
+            self.assertTrue((data / name).exists(), name)
+        key1 = raw_request(fed.port, "GET", "/_matrix/key/v2/server").json()["verify_keys"]
+        status = fed.stop()
+        # twistd re-raises the signal after a clean shutdown.
+        self.assertIn(status, (0, -15))
+        self.assertIn("Server Shut Down", fed.log())
+        self.assertNotIn("Traceback", fed.log())
+        with socket.socket() as s:
+            self.assertNotEqual(s.connect_ex(("127.0.0.1", fed.port)), 0)
+        # Same data directory: same key.
+        fed.start()
+        key2 = raw_request(fed.port, "GET", "/_matrix/key/v2/server").json()["verify_keys"]
+        self.assertEqual(key1, key2)
+
+    def test_sigterm_with_open_connection(self) -> None:
+        fed = FedlibProcess()
+        self.addCleanup(fed.stop)
+        fed.start()
+        # A client holding a connection open must not keep fedlib from stopping.
+        s = socket.create_connection(("127.0.0.1", fed.port), timeout=5)
+        self.addCleanup(s.close)
+        start = time.monotonic()
+        fed.stop()
+        self.assertLess(time.monotonic() - start, 12)
+
+    def test_default_listener_follows_server_name(self) -> None:
+        # The README's first command, on another port than 8448: without --listen
+        # the default listener is ssl:8448 on every interface, while other servers
+        # are told (by the server name) to connect to PORT.
+        d = Path(tempfile.mkdtemp(prefix="fedlib-blackbox-cli-"))
+        port = free_port()
+        log = open(d / "log", "wb")  # noqa: SIM115
+        proc = subprocess.Popen(
+            [TWISTD, "-n", "--pidfile=", "fedlib", "--server-name", f"127.0.0.1:{port}"]
+            + ["--self-signed", "--data-dir", str(d / "data")],
+            cwd=d,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+
+        def stop() -> None:
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(15)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(15)
+
+        self.addCleanup(stop)
+        deadline = time.monotonic() + 20
+        answered = False
+        while time.monotonic() < deadline and proc.poll() is None:
+            with contextlib.suppress(OSError):
+                answered = raw_request(port, "GET", "/_matrix/federation/v1/version").code == 200
+            if answered or b"fedlib serving" in (d / "log").read_bytes():
+                break
+            time.sleep(0.2)
+        text = (d / "log").read_text(errors="replace")
+        if not answered:
+            with contextlib.suppress(OSError):
+                answered = raw_request(port, "GET", "/_matrix/federation/v1/version").code == 200
+        warned = "8448" in text and str(port) in text and "warn" in text.lower()
+        self.assertTrue(answered or warned, text[-2000:])
+
+    test_default_listener_follows_server_name.todo = (  # type: ignore[attr-defined]
+        "README first command / twistd fedlib --help: with --server-name 127.0.0.1:PORT and "
+        "no --listen, fedlib listens on ssl:8448 on all interfaces, silently, so the "
+        "advertised PORT answers nothing"
+    )
