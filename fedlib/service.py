@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from twisted.application import service
-from twisted.internet import defer, task
+from twisted.internet import defer
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.web.resource import IResource
@@ -283,21 +283,17 @@ class FederationService(service.Service):
         for port in ports:
             yield defer.maybeDeferred(port.stopListening)
         self.sender.stop()
-        yield self._drain_sender(self.config.limits.request_timeout)
+        # Let transactions already on the wire finish (their PDUs stay queued in
+        # the store until acknowledged, so waiting is only about not cutting a
+        # delivery short), but never longer than one request may take.
+        wait_idle = getattr(self.sender, "wait_idle", None)  # optional on injected senders
+        if wait_idle is not None:
+            yield defer.maybeDeferred(wait_idle, self.config.limits.request_timeout)
         pool = getattr(getattr(self.client, "agent", None), "pool", None)
         if pool is not None:
             # Idle keep-alive connections would otherwise outlive the service.
             yield pool.closeCachedConnections()
         yield defer.maybeDeferred(self.store.close)
-
-    @defer.inlineCallbacks
-    def _drain_sender(self, timeout: float) -> Any:
-        # Let transactions already on the wire finish (their PDUs stay queued in
-        # the store until acknowledged, so waiting is only about not cutting a
-        # delivery short), but never longer than one request may take.
-        deadline = self.reactor.seconds() + timeout
-        while getattr(self.sender, "_active", None) and self.reactor.seconds() < deadline:
-            yield task.deferLater(self.reactor, 0.05, lambda: None)
 
     # -- the embedder's calls -------------------------------------------------------
 

@@ -26,7 +26,6 @@ class FakeSender:
 
     def __init__(self) -> None:
         self.sent: list[tuple[str, list[str]]] = []
-        self._active: dict[str, Any] = {}
 
     def send_pdu(self, event_id: str, destinations: list[str]) -> None:
         self.sent.append((event_id, list(destinations)))
@@ -39,6 +38,9 @@ class FakeSender:
 
     def reset_backoff(self, origin: str) -> None:
         pass
+
+    def wait_idle(self, timeout: float) -> bool:
+        return True
 
 
 def q(value: str) -> str:

@@ -293,6 +293,30 @@ class RecoveryTests(SenderTestBase):
         self.assertEqual(self.transport.pdu_ids("remote"), ids)
         self.assertEqual(_result(self.store.get_destinations_with_pending()), set())
 
+    def test_wait_idle_after_stop(self) -> None:
+        sender = self.make_sender()
+        self.assertEqual(_result(sender.wait_idle(5.0)), True)
+        self.transport.mode = "hang"
+        _result(sender.send_pdu(self.event(), ["remote"]))
+        self.assertEqual(sender.in_flight(), frozenset({"remote"}))
+        sender.stop()
+        idle = sender.wait_idle(5.0)
+        self.assertFalse(idle.called)
+        self.transport.hanging[0].callback({"pdus": {}})
+        self.assertEqual(_result(idle), True)
+        self.assertEqual(sender.in_flight(), frozenset())
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_wait_idle_times_out(self) -> None:
+        sender = self.make_sender()
+        self.transport.mode = "hang"
+        _result(sender.send_pdu(self.event(), ["remote"]))
+        sender.stop()
+        idle = sender.wait_idle(5.0)
+        self.clock.advance(5.0)
+        self.assertEqual(_result(idle), False)
+        self.assertEqual(sender.in_flight(), frozenset({"remote"}))
+
     def test_restart_respects_backoff(self) -> None:
         sender = self.make_sender()
         self.transport.mode = "fail"
@@ -331,12 +355,12 @@ class RecoveryTests(SenderTestBase):
         dests = [f"dead{i}.example" for i in range(3000)]
         e = self.event()
         _result(sender.send_pdu(e, dests))
-        self.assertLessEqual(len(sender._active), 8)
+        self.assertLessEqual(len(sender.in_flight()), 8)
         self.assertLessEqual(len(sender._ready), 100)
         # They all fail (time out) over time; RAM stays bounded throughout.
         for _ in range(40):
             self.clock.advance(sender.config.txn_timeout)
-            self.assertLessEqual(len(sender._active), 8)
+            self.assertLessEqual(len(sender.in_flight()), 8)
             self.assertLessEqual(len(sender._ready), 100)
             self.assertLessEqual(len(sender._due), 500)
             self.assertLessEqual(len(sender._scheduled), 1000)

@@ -150,6 +150,8 @@ class TransactionSender:
         self._timer: IDelayedCall | None = None
         self._sweep_call: IDelayedCall | None = None
         self._running = False
+        #: Deferreds of :meth:`wait_idle` callers, fired when no loop runs.
+        self._idle_waiters: list[defer.Deferred[bool]] = []
 
     # -- public API ------------------------------------------------------------
 
@@ -168,6 +170,35 @@ class TransactionSender:
         self._ready.clear()
         self._scheduled.clear()
         self._due.clear()
+
+    def in_flight(self) -> frozenset[str]:
+        """Destinations with a send loop running (a transaction being built, on the
+        wire or awaiting its answer)."""
+        return frozenset(self._active)
+
+    def wait_idle(self, timeout: float) -> defer.Deferred[bool]:
+        """Fires with ``True`` once no send loop runs, or with ``False`` when some
+        still run after ``timeout`` seconds (they go on; unacknowledged items stay
+        queued in the store). After :meth:`stop` no new loops start, so this waits
+        for the transactions already in flight."""
+        if not self._active:
+            return defer.succeed(True)
+        d: defer.Deferred[bool] = defer.Deferred()
+        self._idle_waiters.append(d)
+
+        def expire() -> None:
+            self._idle_waiters.remove(d)
+            d.callback(False)
+
+        call = self._clock.callLater(timeout, expire)
+
+        def disarm(result: bool) -> bool:
+            if call.active():
+                call.cancel()
+            return result
+
+        d.addCallback(disarm)
+        return d
 
     @defer.inlineCallbacks
     def send_pdu(self, event_id: str, destinations: Iterable[str] | None = None) -> Any:
@@ -247,6 +278,10 @@ class TransactionSender:
             dest, _none = self._ready.popitem(last=False)
             if dest not in self._active:
                 self._launch(dest)
+        if not self._active and self._idle_waiters:
+            waiters, self._idle_waiters = self._idle_waiters, []
+            for waiter in waiters:
+                waiter.callback(True)
 
     def _schedule_retry(self, destination: str, due: float) -> None:
         known = self._due.get(destination)
