@@ -111,6 +111,9 @@ class FederationService(service.Service):
             default_room_version=config.default_room_version,
             default_server_acl=config.default_server_acl,
         )
+        #: The :class:`fedlib.client.handshakes.Handshakes` (join, knock, leave and
+        #: invite with rooms this server is not in), or ``None`` when unavailable.
+        self.handshakes = self._make_handshakes()
         self._ports: list[Any] = []
         #: Endpoints actually listened on, in ``config.listen`` order (IListeningPort).
         self.ports: list[Any] = self._ports
@@ -190,6 +193,10 @@ class FederationService(service.Service):
                 timeout=limits.gap_fill_timeout, max_missing_events=limits.max_missing_events
             )
         return gap_cls(self.client, self.store, self.keyring, self.reactor, gap_config)
+
+    def _make_handshakes(self) -> Any:
+        handshakes_cls = _optional("fedlib.client.handshakes", "Handshakes")
+        return None if handshakes_cls is None else handshakes_cls.from_service(self)
 
     def server_config(self) -> Any:
         """The :class:`fedlib.server.config.ServerConfig` derived from ``config``."""

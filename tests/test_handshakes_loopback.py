@@ -7,7 +7,7 @@ from typing import Any
 from twisted.internet import defer
 from twisted.trial import unittest
 
-from fedlib.client.handshakes import HandshakeError, Handshakes, JoinResult
+from fedlib.client.handshakes import HandshakeError, JoinResult
 from fedlib.storage.interface import StrippedKind
 from fedlib.testing import quiet_dns, start_loopback
 
@@ -24,7 +24,7 @@ class TwoServersTests(unittest.TestCase):
         self.addCleanup(self.b.stop)
         self.alice = self.a.user("alice")
         self.bob = self.b.user("bob")
-        self.hb = Handshakes.from_service(self.b.service)
+        self.hb = self.b.service.handshakes
 
     @defer.inlineCallbacks
     def wait(self, predicate: Any) -> Any:

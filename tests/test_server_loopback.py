@@ -12,7 +12,6 @@ from typing import Any
 from twisted.internet import defer
 from twisted.trial import unittest
 
-from fedlib.client.handshakes import Handshakes
 from fedlib.rooms.builder import Preset
 from fedlib.storage.interface import EventStatus
 from fedlib.testing import quiet_dns, start_loopback
@@ -35,9 +34,7 @@ class GapFillingTests(unittest.TestCase):
     def test_missing_prev_events_fetched_from_origin(self) -> Any:
         svc_a = self.a.service
         room_id = yield svc_a.create_room(self.alice, "10", preset=Preset.PUBLIC_CHAT)
-        yield Handshakes.from_service(self.b.service).join_room(
-            room_id, self.bob, [self.a.server_name]
-        )
+        yield self.b.service.handshakes.join_room(room_id, self.bob, [self.a.server_name])
         svc_a.sender.stop()
         ids = []
         for i in range(4):
@@ -56,9 +53,7 @@ class GapFillingTests(unittest.TestCase):
     def test_gap_beyond_get_missing_events_uses_state_ids(self) -> Any:
         svc_a = self.a.service
         room_id = yield svc_a.create_room(self.alice, "10", preset=Preset.PUBLIC_CHAT)
-        yield Handshakes.from_service(self.b.service).join_room(
-            room_id, self.bob, [self.a.server_name]
-        )
+        yield self.b.service.handshakes.join_room(room_id, self.bob, [self.a.server_name])
         svc_a.sender.stop()
         ids = []
         for i in range(15):
@@ -96,7 +91,7 @@ class GapFillingTests(unittest.TestCase):
             yield svc_a.join_room(room_id, self.a.user(name))
         dave = self.a.user("zed")
         yield svc_a.join_room(room_id, dave)
-        hb = Handshakes.from_service(self.b.service)
+        hb = self.b.service.handshakes
         result = yield hb.join_room(room_id, self.bob, [self.a.server_name], omit_members=True)
         self.assertTrue(result.partial_state)
         svc_a.sender.stop()

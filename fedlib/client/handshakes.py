@@ -326,12 +326,14 @@ class Handshakes:
 
     @classmethod
     def from_service(cls, service: Any) -> Handshakes:
-        """The handshakes of a ``fedlib.service.FederationService`` (cached on it)."""
-        existing = getattr(service, "_fedlib_handshakes", None)
+        """The handshakes of a ``fedlib.service.FederationService``: the instance it
+        owns (``service.handshakes``), or, while it builds that, a new one from its
+        parts."""
+        existing = getattr(service, "handshakes", None)
         if isinstance(existing, cls):
             return existing
         config = service.config
-        made = cls(
+        return cls(
             server_name=config.server_name,
             signing_key=config.signing_key,
             client=service.client,
@@ -343,8 +345,6 @@ class Handshakes:
             local_rooms=getattr(service, "rooms", None),
             room_versions=getattr(config, "room_versions", None),
         )
-        service._fedlib_handshakes = made
-        return made
 
     # -- helpers ----------------------------------------------------------------
 
