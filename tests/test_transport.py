@@ -539,6 +539,20 @@ class DiscoveryThroughClientTests(unittest.TestCase):
         self.failureResultOf(d, RequestTimeoutError)
 
 
+class ConstructionTests(unittest.TestCase):
+    def test_building_a_client_creates_no_dns_resolver(self) -> None:
+        # The system resolver re-reads resolv.conf on a timer; building a client
+        # (or a service around one) must not start it: it is made on first SRV lookup.
+        from twisted.names import client as dns_client
+
+        def refuse() -> None:
+            self.fail("the system DNS resolver was created while building the client")
+
+        self.patch(dns_client, "getResolver", refuse)
+        self.patch(dns_client, "createResolver", refuse)
+        FederationClient(ORIGIN, KEY, reactor)
+
+
 class BlocklistTests(TLSTestBase):
     def test_ranges(self) -> None:
         from fedlib.client.agent import IPBlocklist
