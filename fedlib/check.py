@@ -198,7 +198,7 @@ async def run_checks(
     try:
         await _run(reactor, client, resolver, tls, overrides, server_name, notary, timeout, checks)
     finally:
-        await client.agent.pool.closeCachedConnections()  # type: ignore[attr-defined,union-attr]
+        await client.close_connections()
     return CheckReport(server_name, tuple(checks))
 
 

@@ -296,10 +296,10 @@ class FederationService(service.Service):
         wait_idle = getattr(self.sender, "wait_idle", None)  # optional on injected senders
         if wait_idle is not None:
             yield defer.maybeDeferred(wait_idle, self.config.limits.request_timeout)
-        pool = getattr(getattr(self.client, "agent", None), "pool", None)
-        if pool is not None:
+        close_connections = getattr(self.client, "close_connections", None)
+        if close_connections is not None:  # optional on injected clients
             # Idle keep-alive connections would otherwise outlive the service.
-            yield pool.closeCachedConnections()
+            yield close_connections()
         yield defer.maybeDeferred(self.store.close)
 
     # -- the embedder's calls -------------------------------------------------------

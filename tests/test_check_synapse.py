@@ -33,7 +33,7 @@ class SynapseTransportTests(unittest.TestCase):
         client = FederationClient(
             "fedlib-check.invalid", generate_signing_key("c"), reactor, ca_bundle=self.ca_path
         )
-        self.addCleanup(client.agent.pool.closeCachedConnections)  # type: ignore[attr-defined]
+        self.addCleanup(client.close_connections)
         return client
 
     async def test_check_passes(self) -> None:

@@ -42,7 +42,7 @@ class FedlibNotaryTests(unittest.TestCase):
             ca_bundle=str(self.notary.directory / "tls.crt"),  # the notary's own certificate
             get_retries=0,
         )
-        self.addCleanup(client.agent.pool.closeCachedConnections)  # type: ignore[attr-defined]
+        self.addCleanup(client.close_connections)
         self.keyring = Keyring(
             client, reactor, notaries=[Notary(self.notary_name)], fetch_directly=False
         )

@@ -54,7 +54,7 @@ class TLSTestBase(unittest.TestCase):
         options.update(kwargs)
         the_reactor = options.pop("reactor", reactor)
         client = FederationClient(ORIGIN, KEY, the_reactor, **options)
-        self.addCleanup(client.agent.pool.closeCachedConnections)  # type: ignore[attr-defined]
+        self.addCleanup(client.close_connections)
         return client
 
     @property
@@ -351,7 +351,7 @@ class TruncatedBodyTests(unittest.TestCase):
         port = reactor.listenSSL(0, factory, options, interface="127.0.0.1")  # type: ignore[attr-defined]
         self.addCleanup(port.stopListening)
         client = FederationClient(ORIGIN, KEY, reactor, ca_bundle=ca.path, get_retries=0)
-        self.addCleanup(client.agent.pool.closeCachedConnections)  # type: ignore[attr-defined]
+        self.addCleanup(client.close_connections)
         with self.assertRaises(InvalidResponseError) as cm:
             await client.version(f"127.0.0.1:{port.getHost().port}")
         self.assertIn("incomplete", cm.exception.msg)
@@ -673,7 +673,7 @@ class IPv6Tests(unittest.TestCase):
         self.addCleanup(server.stop)
         server.route("/_matrix/federation/v1/version", lambda r: VERSION)
         client = FederationClient(ORIGIN, KEY, reactor, ca_bundle=ca.path, get_retries=0)
-        self.addCleanup(client.agent.pool.closeCachedConnections)  # type: ignore[attr-defined]
+        self.addCleanup(client.close_connections)
         dest = f"[::1]:{server.port_number}"
         self.assertEqual(await client.version(dest), VERSION["server"])
         self.assertEqual(server.requests[0]["host"], dest)

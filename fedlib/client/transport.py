@@ -392,6 +392,16 @@ class FederationClient:
         self._rng = rng
         self._user_agent = user_agent.encode("ascii")
 
+    def close_connections(self) -> defer.Deferred[None]:
+        """Close the idle keep-alive connections of the agent's pool (call on
+        shutdown: they would outlive their user). Nothing to do for an injected
+        agent without a pool."""
+        pool = getattr(self.agent, "pool", None)
+        if pool is None:
+            return defer.succeed(None)
+        d: defer.Deferred[None] = pool.closeCachedConnections()
+        return d
+
     # -- plumbing ----------------------------------------------------------------------
 
     def _now_ms(self) -> int:

@@ -240,9 +240,8 @@ class FakeRemoteServer:
             yield self.port.stopListening()
             self.port = None
             yield self._tracker.close_all()
-        pool = getattr(getattr(self.client, "agent", None), "pool", None)
-        if pool is not None:
-            yield pool.closeCachedConnections()
+        if self.client is not None:
+            yield self.client.close_connections()
 
     def user(self, localpart: str) -> str:
         return f"@{localpart}:{self.server_name}"
