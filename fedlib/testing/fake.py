@@ -208,8 +208,6 @@ class FakeRemoteServer:
 
     @defer.inlineCallbacks
     def listen(self, port: int = 0) -> Any:
-        from fedlib.client.agent import HttpsWellKnownFetcher, TLSOptions
-        from fedlib.client.discovery import ServerResolver
         from fedlib.client.transport import FederationClient
 
         cert, key = self.directory / "tls.crt", self.directory / "tls.key"
@@ -220,15 +218,11 @@ class FakeRemoteServer:
         endpoint = serverFromString(self.reactor, tls_endpoint(port, cert, key))  # type: ignore[no-untyped-call]
         self.port = yield endpoint.listen(self._tracker)
         self.server_name = f"127.0.0.1:{self.port.getHost().port}"
-        tls = TLSOptions(verify_tls=False)
-        # No DNS resolver: names here are IP literals, and the system resolver
-        # would leave a timer behind in the reactor.
-        resolver = ServerResolver(None, HttpsWellKnownFetcher(self.reactor, tls=tls), self.reactor)
+        # Names here are IP literals: the client never creates a DNS resolver.
         self.client = FederationClient(
             self.server_name,
             self.signing_key,
             self.reactor,
-            resolver=resolver,
             verify_tls=False,
             get_retries=0,
         )
