@@ -702,6 +702,45 @@ class FederationClient:
             event=event, room_version=_str(destination, room_version, "room_version")
         )
 
+    async def _put_v2_or_v1(
+        self,
+        destination: str,
+        tail: str,
+        what: str,
+        content: Any,
+        *,
+        v1_content: Any = None,
+        v2_query: Mapping[str, str] | None = None,
+        room_version: str | None = None,
+        **kwargs: Any,
+    ) -> dict[str, Any]:
+        """The answer of ``PUT /v2/{tail}``, or when the remote only knows v1, of
+        ``PUT /v1/{tail}`` (with ``v1_content`` when that differs) unwrapped from
+        its ``[200, {...}]``."""
+        try:
+            body = await self.request(
+                "PUT",
+                destination,
+                f"/_matrix/federation/v2/{tail}",
+                query=v2_query,
+                content=content,
+                room_version=room_version,
+                **kwargs,
+            )
+            return _dict(destination, body, f"{what} response")
+        except RemoteError as e:
+            if not _should_fall_back(e):
+                raise
+        body = await self.request(
+            "PUT",
+            destination,
+            f"/_matrix/federation/v1/{tail}",
+            content=content if v1_content is None else v1_content,
+            room_version=room_version,
+            **kwargs,
+        )
+        return _unwrap_v1(destination, body, what)
+
     def make_join(
         self,
         destination: str,
@@ -740,32 +779,16 @@ class FederationClient:
         back to v1 when the remote does not know v2."""
 
         async def run() -> SendJoinResponse:
-            tail = f"send_join/{_q(room_id)}/{_q(event_id)}"
-            kwargs: dict[str, Any] = dict(
-                content=dict(event),
+            body = await self._put_v2_or_v1(
+                destination,
+                f"send_join/{_q(room_id)}/{_q(event_id)}",
+                "send_join",
+                dict(event),
+                v2_query={"omit_members": "true"} if omit_members else None,
+                room_version=room_version,
                 timeout=LARGE_TIMEOUT,
                 max_size=LARGE_MAX_RESPONSE_SIZE,
-                room_version=room_version,
             )
-            try:
-                body = await self.request(
-                    "PUT",
-                    destination,
-                    f"/_matrix/federation/v2/{tail}",
-                    query={"omit_members": "true"} if omit_members else None,
-                    **kwargs,
-                )
-                body = _dict(destination, body, "send_join response")
-            except RemoteError as e:
-                if not _should_fall_back(e):
-                    raise
-                body = _unwrap_v1(
-                    destination,
-                    await self.request(
-                        "PUT", destination, f"/_matrix/federation/v1/{tail}", **kwargs
-                    ),
-                    "send_join",
-                )
             members_omitted = body.get("members_omitted", False)
             if not isinstance(members_omitted, bool):
                 raise _bad(destination, "members_omitted is not a boolean")
@@ -812,19 +835,9 @@ class FederationClient:
         """``PUT /v2/send_leave``, falling back to v1."""
 
         async def run() -> None:
-            tail = f"send_leave/{_q(room_id)}/{_q(event_id)}"
-            try:
-                body = await self.request(
-                    "PUT", destination, f"/_matrix/federation/v2/{tail}", content=dict(event)
-                )
-                _dict(destination, body, "send_leave response")
-            except RemoteError as e:
-                if not _should_fall_back(e):
-                    raise
-                body = await self.request(
-                    "PUT", destination, f"/_matrix/federation/v1/{tail}", content=dict(event)
-                )
-                _unwrap_v1(destination, body, "send_leave")
+            await self._put_v2_or_v1(
+                destination, f"send_leave/{_q(room_id)}/{_q(event_id)}", "send_leave", dict(event)
+            )
 
         return self._call(run())
 
@@ -841,39 +854,21 @@ class FederationClient:
         server (not yet verified: the caller checks it)."""
 
         async def run() -> dict[str, Any]:
-            tail = f"invite/{_q(room_id)}/{_q(event_id)}"
             stripped = [dict(s) for s in invite_room_state]
-            try:
-                body = await self.request(
-                    "PUT",
-                    destination,
-                    f"/_matrix/federation/v2/{tail}",
-                    content={
-                        "event": dict(event),
-                        "room_version": room_version,
-                        "invite_room_state": stripped,
-                    },
-                    room_version=room_version,
-                )
-                body = _dict(destination, body, "invite response")
-            except RemoteError as e:
-                if not _should_fall_back(e):
-                    raise
-                v1_event = dict(event)
-                unsigned = dict(v1_event.get("unsigned") or {})
-                unsigned["invite_room_state"] = stripped
-                v1_event["unsigned"] = unsigned
-                body = _unwrap_v1(
-                    destination,
-                    await self.request(
-                        "PUT",
-                        destination,
-                        f"/_matrix/federation/v1/{tail}",
-                        content=v1_event,
-                        room_version=room_version,
-                    ),
-                    "invite",
-                )
+            # v1 carries the stripped state in the event's unsigned section.
+            v1_event = dict(event)
+            v1_event["unsigned"] = {
+                **(v1_event.get("unsigned") or {}),
+                "invite_room_state": stripped,
+            }
+            body = await self._put_v2_or_v1(
+                destination,
+                f"invite/{_q(room_id)}/{_q(event_id)}",
+                "invite",
+                {"event": dict(event), "room_version": room_version, "invite_room_state": stripped},
+                v1_content=v1_event,
+                room_version=room_version,
+            )
             return _dict(destination, body.get("event"), "event")
 
         return self._call(run())
