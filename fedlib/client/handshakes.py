@@ -35,6 +35,7 @@ from fedlib.auth.rules import (
 from fedlib.client.gaps import GapFiller, call_remote, remote_error
 from fedlib.crypto.signing import sign_event
 from fedlib.errors import AuthError, BadJsonError, MatrixError, UnsupportedRoomVersionError
+from fedlib.events.event import ref_ids as _ref_ids
 from fedlib.events.hashing import event_id_with
 from fedlib.events.redaction import redact_with
 from fedlib.events.room_versions import KNOWN_ROOM_VERSIONS, RoomVersion, get_room_version
@@ -127,17 +128,6 @@ def _server_of(identifier: str) -> str:
     if not sep or not server:
         raise BadJsonError(f"No server name in {identifier!r}", errcode="M_INVALID_PARAM")
     return server
-
-
-def _ref_ids(refs: object) -> list[str]:
-    out: list[str] = []
-    if isinstance(refs, list):
-        for ref in refs:
-            if isinstance(ref, str):
-                out.append(ref)
-            elif isinstance(ref, list) and ref and isinstance(ref[0], str):
-                out.append(ref[0])
-    return out
 
 
 def _check_template(

@@ -17,7 +17,22 @@ import attrs
 from fedlib.events.hashing import event_id_with
 from fedlib.events.room_versions import EventFormat, RoomVersion, get_room_version
 
-__all__ = ["Event"]
+__all__ = ["Event", "ref_ids"]
+
+
+def ref_ids(refs: Any) -> list[str]:
+    """Event IDs of a ``prev_events``/``auth_events`` list in any event format
+    (v1/v2 use ``[event_id, hashes]`` pairs, later versions bare IDs); entries of
+    neither shape, and a value that is not a list, give nothing."""
+    out: list[str] = []
+    if not isinstance(refs, list):
+        return out
+    for ref in refs:
+        if isinstance(ref, str):
+            out.append(ref)
+        elif isinstance(ref, list | tuple) and ref and isinstance(ref[0], str):
+            out.append(ref[0])
+    return out
 
 
 def _ids(refs: Any, fmt: EventFormat) -> list[str]:

@@ -35,6 +35,7 @@ from twisted.logger import Logger
 
 from fedlib.auth.rules import auth_types_with, check_auth_events_list, check_auth_with
 from fedlib.errors import AuthError, MatrixError, StateResolutionError
+from fedlib.events.event import ref_ids
 from fedlib.events.hashing import event_id_with
 from fedlib.events.room_versions import RoomVersion, get_room_version
 from fedlib.storage.interface import EventStatus, PersistItem, StateRef
@@ -89,17 +90,6 @@ class _Deadline:
         return await d
 
 
-def _ref_ids(refs: Any) -> list[str]:
-    out: list[str] = []
-    if isinstance(refs, list):
-        for ref in refs:
-            if isinstance(ref, str):
-                out.append(ref)
-            elif isinstance(ref, list) and ref and isinstance(ref[0], str):
-                out.append(ref[0])
-    return out
-
-
 def _depth(event: Mapping[str, Any]) -> int:
     d = event.get("depth")
     return d if isinstance(d, int) and not isinstance(d, bool) else 0
@@ -126,7 +116,7 @@ class _Batch:
     outcomes: dict[str, PduOutcome] = attrs.field(factory=dict)
 
     def extends_tip(self, event: Mapping[str, Any]) -> bool:
-        return self.tip_id is not None and _ref_ids(event.get("prev_events")) == [self.tip_id]
+        return self.tip_id is not None and ref_ids(event.get("prev_events")) == [self.tip_id]
 
 
 class IncomingPduPipeline:
@@ -217,7 +207,7 @@ class IncomingPduPipeline:
             # the auth events the cache lacks.
             wanted = {e for e, _ in ordered}
             for _, event in ordered:
-                wanted.update(a for a in _ref_ids(event.get("auth_events")) if a not in self._cache)
+                wanted.update(a for a in ref_ids(event.get("auth_events")) if a not in self._cache)
             prefetched = await self.store.get_events(sorted(wanted))
             self._partial[room_id] = bool(await self.store.is_partial_state(room_id))
             self._remember(prefetched.values())
@@ -270,7 +260,7 @@ class IncomingPduPipeline:
         if batch is not None and event_id in batch.outcomes:
             return batch.outcomes[event_id]
         chained = batch is not None and batch.extends_tip(event)
-        auth_ids = _ref_ids(event.get("auth_events"))
+        auth_ids = ref_ids(event.get("auth_events"))
         fresh = self._fresh.get(room_id, set())
         if prefetched is not None and (event_id in prefetched or event_id not in fresh):
             # (An event gap filling stored since the prefetch is looked up afresh.)
@@ -505,7 +495,7 @@ class IncomingPduPipeline:
         missing = {key: eid for key, eid in current.items() if key not in state_before}
         if not missing:
             return {}
-        prevs = _ref_ids(event.get("prev_events"))
+        prevs = ref_ids(event.get("prev_events"))
         stored_prevs = await self.store.get_events(prevs)
         if not prevs or len(stored_prevs) != len(prevs):
             return {}
@@ -548,7 +538,7 @@ class IncomingPduPipeline:
     ) -> dict[str, tuple[Mapping[str, Any], bool]] | None:
         """The event's listed auth events by ID as ``(event, rejected)``, fetching
         missing ones; ``None`` if some stay missing."""
-        wanted = _ref_ids(event.get("auth_events"))
+        wanted = ref_ids(event.get("auth_events"))
         loaded = await self._load(wanted)
         missing = [e for e in wanted if e not in loaded]
         if missing:
@@ -602,7 +592,7 @@ class IncomingPduPipeline:
         for eid, ev in sorted(by_id.items(), key=lambda kv: (_depth(kv[1]), kv[0])):
             if eid in known:
                 continue
-            auth_ids = _ref_ids(ev.get("auth_events"))
+            auth_ids = ref_ids(ev.get("auth_events"))
             stored = await self.store.get_events([a for a in auth_ids if a not in accepted])
             rejected = await self.store.get_rejected(list(stored))
             try:
@@ -632,7 +622,7 @@ class IncomingPduPipeline:
     ) -> tuple[dict[StateKey, str] | None, StateRef | None]:
         """The state before ``event`` and, when it is simply the stored state after
         its one prev event, a reference to that (much cheaper to persist)."""
-        prevs = _ref_ids(event.get("prev_events"))
+        prevs = ref_ids(event.get("prev_events"))
         if not prevs:
             # Only a create event has no prev_events; validation refused others.
             return {}, None

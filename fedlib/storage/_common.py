@@ -7,25 +7,12 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from fedlib.events.event import ref_ids
 from fedlib.storage.interface import EventStatus, PersistItem, ServerKey, StateKey, StateMap
 
 
 def now_ms() -> int:
     return int(time.time() * 1000)
-
-
-def ref_ids(refs: Any) -> list[str]:
-    """Event IDs of a ``prev_events``/``auth_events`` list in any event format
-    (v1/v2 use ``[event_id, hashes]`` pairs, later versions bare IDs)."""
-    out: list[str] = []
-    if not isinstance(refs, list):
-        return out
-    for ref in refs:
-        if isinstance(ref, str):
-            out.append(ref)
-        elif isinstance(ref, list | tuple) and ref and isinstance(ref[0], str):
-            out.append(ref[0])
-    return out
 
 
 def prev_ids(event: Mapping[str, Any]) -> list[str]:
