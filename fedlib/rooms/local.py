@@ -409,6 +409,7 @@ class LocalRooms:
         membership: str,
         reason: str | None,
         extra: Mapping[str, Any] | None = None,
+        before_persist: Callable[[str, BuiltEvent], Any] | None = None,
     ) -> defer.Deferred[str]:
         self._check_local(sender)
         content: dict[str, Any] = {"membership": membership}
@@ -427,6 +428,7 @@ class LocalRooms:
                 target,
                 None,
                 extra_destinations=[_server_of(target)],
+                before_persist=before_persist,
             ),
         )
 
@@ -437,10 +439,6 @@ class LocalRooms:
         invite first (``/invite``). Deferred[event_id]."""
         self._check_local(sender)
         target_server = _server_of(target)
-        content: dict[str, Any] = {"membership": "invite"}
-        if reason is not None:
-            content["reason"] = reason
-
         before: Callable[[str, BuiltEvent], Any] | None = None
         if target_server != self.server_name:
             if self._remote_inviter is None:
@@ -448,19 +446,7 @@ class LocalRooms:
                     500, "M_UNKNOWN", "No federation client configured for remote invites"
                 )
             before = self._remote_invite(room_id, target_server)
-        return self.run_locked(
-            room_id,
-            lambda: self._send_locked(
-                room_id,
-                sender,
-                "m.room.member",
-                content,
-                target,
-                None,
-                extra_destinations=[target_server],
-                before_persist=before,
-            ),
-        )
+        return self._membership(room_id, sender, target, "invite", reason, before_persist=before)
 
     def _remote_invite(self, room_id: str, destination: str) -> Callable[[str, BuiltEvent], Any]:
         @defer.inlineCallbacks
