@@ -529,3 +529,15 @@ class ApiTests(unittest.TestCase):
                 MappingProxyType(b.events),
             )
             self.assertEqual(got, expected, version)
+
+
+class ConflictedSubgraphDecides(unittest.TestCase):
+    def test_subgraph_decides_topic(self) -> None:
+        from tests.fixtures.stateres_rooms import subgraph_room
+
+        for version in ("10", "11", "12"):
+            events, sets, ids = subgraph_room(version)
+            out = resolve(version, sets, events)
+            self.assertEqual(out[("m.room.topic", "")], ids["TB"], version)
+            self.assertEqual(out[("m.room.power_levels", "")], ids["P2"], version)
+            self.assertEqual(out[("m.room.member", "@creator:a.example")], ids["J2"], version)

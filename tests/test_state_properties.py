@@ -145,3 +145,49 @@ class ResolutionProperties(unittest.TestCase):
                 check_auth(version, event, auth_events, create_event_id=create_id)
             except AuthError as e:  # pragma: no cover - reported by the assertion
                 self.fail(f"{key} {eid} fails against the resolved state: {e}")
+
+
+def _closure(events: dict[str, Any], roots: set[str], version: str) -> set[str]:
+    """Reflexive auth closure, straight from the definition (v12: the create
+    event is an implicit auth event of every other event)."""
+    seen = set(roots)
+    stack = list(roots)
+    while stack:
+        event = events[stack.pop()]
+        auth = [a[0] if isinstance(a, list) else a for a in event.get("auth_events", [])]
+        if version == "12" and event["type"] != "m.room.create":
+            auth.append("$" + event["room_id"][1:])
+        for aid in auth:
+            if aid not in seen:
+                seen.add(aid)
+                stack.append(aid)
+    return seen
+
+
+class FullConflictedSetProperties(unittest.TestCase):
+    """The optimised full conflicted set against the definitions computed by
+    brute force: auth difference over whole-state auth chains, and (v12) every
+    event on an auth path between two conflicted events."""
+
+    @SETTINGS
+    @given(rooms)
+    def test_matches_definition(self, room: tuple[str, dict[str, Any], list[State]]) -> None:
+        from fedlib.events.room_versions import get_room_version
+        from fedlib.state._events import EventGraph
+        from fedlib.state.v2 import _full_conflicted_set, separate
+
+        version, events, sets = room
+        if version == "1":
+            return
+        unconflicted, keys = separate(sets)
+        conflicted = {s[k] for s in sets for k in keys if k in s}
+        chains = [_closure(events, set(s.values()), version) for s in sets]
+        expected = set().union(*chains) - chains[0].intersection(*chains[1:])
+        if version == "12":
+            for x in set().union(*[_closure(events, {c}, version) for c in conflicted]):
+                if _closure(events, {x}, version) & conflicted:
+                    expected.add(x)
+        expected |= conflicted
+        graph = EventGraph(get_room_version(version), events)
+        got = _full_conflicted_set(graph, sets, keys, conflicted, unconflicted) | conflicted
+        self.assertEqual(got, expected)
