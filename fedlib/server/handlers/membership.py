@@ -19,6 +19,7 @@ from fedlib.events.room_versions import (
     RoomVersion,
     get_room_version,
 )
+from fedlib.rooms.local import INVITE_STATE_TYPES
 from fedlib.rooms.verify import verify_pdus
 from fedlib.server.context import ServerContext
 from fedlib.server.errors import bad_json, forbidden, not_found
@@ -38,16 +39,6 @@ POWER: StateKey = ("m.room.power_levels", "")
 JOIN_RULES: StateKey = ("m.room.join_rules", "")
 #: Heroes named in a room summary (client-server API "Calculating the room name").
 HEROES = 5
-#: State shared with invitees and knockers (spec: "Stripped state").
-STRIPPED_TYPES = (
-    "m.room.create",
-    "m.room.join_rules",
-    "m.room.name",
-    "m.room.avatar",
-    "m.room.canonical_alias",
-    "m.room.encryption",
-    "m.room.topic",
-)
 
 
 def _server_of(user_id: str) -> str:
@@ -72,7 +63,7 @@ def _refs(version: RoomVersion, ids: list[str], events: Mapping[str, Any]) -> li
 async def stripped_state(ctx: ServerContext, room_id: str) -> list[dict[str, Any]]:
     """The room's stripped state for invitees and knockers; the create event is a
     full PDU (spec v1.16)."""
-    events = await ctx.store.get_current_state_events(room_id, list(STRIPPED_TYPES))
+    events = await ctx.store.get_current_state_events(room_id, list(INVITE_STATE_TYPES))
     out = []
     for (etype, skey), stored in sorted(events.items()):
         if skey != "":
