@@ -541,3 +541,22 @@ class ConflictedSubgraphDecides(unittest.TestCase):
             self.assertEqual(out[("m.room.topic", "")], ids["TB"], version)
             self.assertEqual(out[("m.room.power_levels", "")], ids["P2"], version)
             self.assertEqual(out[("m.room.member", "@creator:a.example")], ids["J2"], version)
+
+
+class ThreadSafetyTests(unittest.TestCase):
+    def test_concurrent_resolutions_agree(self) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        from tests.fixtures.stateres_rooms import forked_room
+
+        rooms = [forked_room(v, 7, steps=10, nested=True) for v in ("1", "10", "12")]
+        expected = [
+            resolve(v, sets, ev) for v, (ev, sets) in zip(("1", "10", "12"), rooms, strict=True)
+        ]
+        jobs = [(i % 3, ("1", "10", "12")[i % 3]) for i in range(60)]
+        with ThreadPoolExecutor(max_workers=6) as pool:
+            results = list(
+                pool.map(lambda job: resolve(job[1], rooms[job[0]][1], rooms[job[0]][0]), jobs)
+            )
+        for (index, _), result in zip(jobs, results, strict=True):
+            self.assertEqual(result, expected[index])
