@@ -35,6 +35,7 @@ __all__ = [
     "build_event",
     "build_room",
     "event_refs",
+    "new_room_id",
     "room_creation_templates",
 ]
 
@@ -287,6 +288,14 @@ def room_creation_templates(
     if topic is not None:
         templates.append(StateTemplate("m.room.topic", "", {"topic": topic}))
     return templates
+
+
+def new_room_id(room_version: str, server_name: str) -> str | None:
+    """A fresh random room ID on ``server_name`` for :func:`build_room`, or ``None``
+    from v12 on, where the room ID is derived from the create event."""
+    if get_room_version(room_version).room_id_is_create_hash:
+        return None
+    return f"!{secrets.token_urlsafe(18)}:{server_name}"
 
 
 def build_room(

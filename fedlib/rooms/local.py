@@ -14,7 +14,6 @@ stays a chain where only this server writes.
 from __future__ import annotations
 
 import logging
-import secrets
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -33,6 +32,7 @@ from fedlib.rooms.builder import (
     authorise,
     build_event,
     build_room,
+    new_room_id,
     room_creation_templates,
 )
 from fedlib.storage.interface import EventStatus, PersistItem
@@ -186,9 +186,6 @@ class LocalRooms:
             creation_content=creation_content,
             server_acl=self._default_server_acl,
         )
-        room_id = None
-        if not get_room_version(version).room_id_is_create_hash:
-            room_id = f"!{secrets.token_urlsafe(18)}:{self.server_name}"
         room = build_room(
             version,
             creator,
@@ -196,7 +193,7 @@ class LocalRooms:
             server_name=self.server_name,
             signing_key=self._key,
             origin_server_ts=self._now_ms(),
-            room_id=room_id,
+            room_id=new_room_id(version, self.server_name),
         )
 
         def persist() -> Any:

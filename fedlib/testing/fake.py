@@ -43,6 +43,7 @@ from fedlib.rooms.builder import (
     build_event,
     build_room,
     event_refs,
+    new_room_id,
     room_creation_templates,
 )
 from fedlib.testing.loopback import _Tracker, tls_endpoint
@@ -297,9 +298,6 @@ class FakeRemoteServer:
         """Create a room hosted by the fake (keyword arguments as for
         :func:`fedlib.rooms.builder.room_creation_templates`); returns its ID."""
         templates = room_creation_templates(room_version, creator, preset=Preset(preset), **kwargs)
-        room_id = None
-        if not get_room_version(room_version).room_id_is_create_hash:
-            room_id = f"!{secrets.token_urlsafe(12)}:{self.server_name}"
         built = build_room(
             room_version,
             creator,
@@ -307,7 +305,7 @@ class FakeRemoteServer:
             server_name=self.server_name,
             signing_key=self.signing_key,
             origin_server_ts=self._now_ms(),
-            room_id=room_id,
+            room_id=new_room_id(room_version, self.server_name),
         )
         room = FakeRoom(built.room_id, room_version)
         for ev in built.events:
