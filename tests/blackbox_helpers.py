@@ -259,11 +259,12 @@ class _KeyHandler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
         remote.received.append((self.command, self.path, body))
+        remote.received_headers.append(dict(self.headers.items()))
         path = urllib.parse.urlsplit(self.path).path
         if path.startswith("/_matrix/key/v2/server"):
             code, out = 200, remote.key_response()
         elif path.startswith("/_matrix/federation/v1/send/"):
-            code, out = 200, {"pdus": {}}
+            code, out = remote.send_answers.pop(0) if remote.send_answers else (200, {"pdus": {}})
         else:
             code, out = 404, {"errcode": "M_UNRECOGNIZED", "error": "Unrecognized request"}
         data = json.dumps(out).encode()
@@ -284,6 +285,9 @@ class RemoteServer:
         self.signing_key = generate_signing_key("bb" + os.urandom(3).hex())
         self.key_id = f"ed25519:{self.signing_key.version}"
         self.received: list[tuple[str, str, bytes]] = []
+        self.received_headers: list[dict[str, str]] = []
+        #: Answers to give to the next ``/send`` requests, in order (then 200).
+        self.send_answers: list[tuple[int, Any]] = []
         cert, key = self.directory / "tls.crt", self.directory / "tls.key"
         ensure_self_signed(cert, key, "127.0.0.1")
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), _KeyHandler)
@@ -301,6 +305,7 @@ class RemoteServer:
         self.httpd.shutdown()
         self.httpd.server_close()
         self.thread.join(STOP_TIMEOUT)
+        shutil.rmtree(self.directory, ignore_errors=True)
 
     def user(self, localpart: str) -> str:
         return f"@{localpart}:{self.server_name}"
