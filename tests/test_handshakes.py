@@ -699,17 +699,7 @@ class KnockLeaveInviteTests(HandshakeTestBase):
 
     def test_reject_invite_uses_inviter_server(self) -> None:
         res = self.resident()
-        invite = {
-            "type": "m.room.member",
-            "sender": ALICE,
-            "state_key": BOB,
-            "content": {"membership": "invite"},
-        }
-        _result(
-            self.store.store_stripped_room(
-                StrippedRoom(StrippedKind.INVITE, res.room_id, BOB, self.version, invite, ())
-            )
-        )
+        self._store_invite(res)
         event_id = _result(self.handshakes.reject_invite(res.room_id, BOB))
         self.assertIsInstance(event_id, str, str(event_id))
         self.assertIn("send_leave", res.calls)
@@ -720,6 +710,16 @@ class KnockLeaveInviteTests(HandshakeTestBase):
 
     def test_leave_failure_keeps_invite(self) -> None:
         res = self.resident()
+        self._store_invite(res)
+        res.mode.add("truncated")
+        failure = _result(self.handshakes.leave_room(res.room_id, BOB, ["hs1"]))
+        self.assertIsInstance(failure.value, HandshakeError)
+        self.assertIsNotNone(
+            _result(self.store.get_stripped_room(StrippedKind.INVITE, res.room_id, BOB))
+        )
+
+    def _store_invite(self, res: Resident) -> None:
+        """Keep an invite of BOB from ALICE to ``res``'s room, as ``/invite`` would."""
         invite = {
             "type": "m.room.member",
             "sender": ALICE,
@@ -730,12 +730,6 @@ class KnockLeaveInviteTests(HandshakeTestBase):
             self.store.store_stripped_room(
                 StrippedRoom(StrippedKind.INVITE, res.room_id, BOB, self.version, invite, ())
             )
-        )
-        res.mode.add("truncated")
-        failure = _result(self.handshakes.leave_room(res.room_id, BOB, ["hs1"]))
-        self.assertIsInstance(failure.value, HandshakeError)
-        self.assertIsNotNone(
-            _result(self.store.get_stripped_room(StrippedKind.INVITE, res.room_id, BOB))
         )
 
     def _invite_event(self, res: Resident) -> dict[str, Any]:
