@@ -109,27 +109,20 @@ class SendTests(SendTestBase):
         self.assertEqual((r.code, r.errcode), (400, "M_BAD_JSON"))
 
     def test_room_v12(self) -> None:
-        h = Harness(self.remote)
-        rb = RoomBuilder("12", {OUR_NAME: h.us, "remote.test": self.remote})
-        rb.create_room(ALICE, extra_members=[BOB])
-        self.successResultOf(rb.persist_all(h.store))
-        eid, ev = rb.make("m.room.message", BOB, {"body": "x"})
-        r = h.request(
-            "PUT",
-            "/_matrix/federation/v1/send/v12",
-            {"origin": "remote.test", "origin_server_ts": 1, "pdus": [ev]},
-        )
-        self.assertEqual(r.json, {"pdus": {eid: {}}})
+        self._message_accepted_in("12")
 
     def test_room_v1(self) -> None:
+        self._message_accepted_in("1")
+
+    def _message_accepted_in(self, room_version: str) -> None:
         h = Harness(self.remote)
-        rb = RoomBuilder("1", {OUR_NAME: h.us, "remote.test": self.remote})
+        rb = RoomBuilder(room_version, {OUR_NAME: h.us, "remote.test": self.remote})
         rb.create_room(ALICE, extra_members=[BOB])
         self.successResultOf(rb.persist_all(h.store))
         eid, ev = rb.make("m.room.message", BOB, {"body": "x"})
         r = h.request(
             "PUT",
-            "/_matrix/federation/v1/send/v1",
+            f"/_matrix/federation/v1/send/v{room_version}",
             {"origin": "remote.test", "origin_server_ts": 1, "pdus": [ev]},
         )
         self.assertEqual(r.json, {"pdus": {eid: {}}})
