@@ -297,6 +297,7 @@ def _mainline_sort(graph: EventGraph, event_ids: list[str], pl_id: str | None) -
     def mainline_depth(eid: str) -> int:
         # Memoised along the chain of power-levels auth events walked.
         walked: list[str] = []
+        on_walk: set[str] = set()
         current: str | None = eid
         depth = 0
         while current is not None:
@@ -305,9 +306,10 @@ def _mainline_sort(graph: EventGraph, event_ids: list[str], pl_id: str | None) -
                 depth = known
                 break
             walked.append(current)
+            on_walk.add(current)
             current = graph.power_levels_auth_event(current)
-            if current in walked:
-                break
+            if current in on_walk:
+                break  # an auth cycle (only forgeable with v1/v2 event IDs)
         for w in walked:
             if graph.key_of(w) == POWER_LEVELS_KEY:
                 depth_of[w] = depth
