@@ -923,3 +923,31 @@ class OutboundTransactions(BlackBoxCase):
         "200 OK response before sending a transaction with a different txnId'; after a 500, "
         "fedlib resends the same PDUs under a new txnId, so the receiver cannot deduplicate"
     )
+
+    def test_backlog_split_into_transactions_of_at_most_50_pdus(self) -> None:
+        room, token = self.new_room("10")
+        self.join(room, "10")
+        self.remote.send_answers.append((500, {"errcode": "M_UNKNOWN", "error": "try again"}))
+        bodies = [f"b{i}" for i in range(60)]
+        for i, text in enumerate(bodies):
+            r = self.fed.client(
+                "PUT",
+                f"/rooms/{q(room)}/send/m.room.message/b{i}",
+                {"msgtype": "m.text", "body": text},
+                token,
+            )
+            self.assertEqual(r.code, 200, r)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            seen = {
+                p["content"].get("body")
+                for _, _, body in self.sends(room)
+                for p in body["pdus"]
+                if isinstance(p.get("content"), dict)
+            }
+            if seen >= set(bodies):
+                break
+            time.sleep(0.3)
+        self.assertTrue(seen >= set(bodies), f"{len(seen & set(bodies))} of 60 delivered")
+        for _, _, body in self.sends(room):
+            self.assertLessEqual(len(body["pdus"]), 50)
