@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from twisted.trial import unittest
 
 from fedlib.auth import check_auth
-from fedlib.errors import AuthError
+from fedlib.errors import AuthError, StateResolutionError
 from fedlib.state import auth_chain, auth_events_from_state, resolve
 from tests.fixtures.stateres_rooms import RoomBuilder, State, forked_room, user_id
 
@@ -191,3 +191,41 @@ class FullConflictedSetProperties(unittest.TestCase):
         graph = EventGraph(get_room_version(version), events)
         got = _full_conflicted_set(graph, sets, keys, conflicted, unconflicted) | conflicted
         self.assertEqual(got, expected)
+
+
+_JUNK = (None, 1, "x", [], {}, [1], [["$x"]], {"a": 1}, -5, 1.5, True)
+_FIELDS = ("type", "state_key", "sender", "content", "auth_events", "origin_server_ts", "depth")
+
+
+class MalformedInputProperties(unittest.TestCase):
+    @SETTINGS
+    @given(rooms, st.randoms(use_true_random=False))
+    def test_never_crashes(
+        self, room: tuple[str, dict[str, Any], list[State]], rnd: random.Random
+    ) -> None:
+        """Broken fields and auth cycles (forgeable with v1/v2 event IDs) give a
+        state map or a StateResolutionError, the same one whatever the order."""
+        version, events, sets = room
+        events = {eid: dict(ev) for eid, ev in events.items()}
+        ids = sorted(events)
+        for _ in range(rnd.randint(1, 4)):
+            event = events[rnd.choice(ids)]
+            if rnd.random() < 0.5:
+                field = rnd.choice(_FIELDS)
+                if rnd.random() < 0.3:
+                    event.pop(field, None)
+                else:
+                    event[field] = rnd.choice(_JUNK)
+            elif isinstance(event.get("auth_events"), list):
+                other = rnd.choice(ids)
+                link = [other, {"sha256": "x"}] if version in ("1", "2") else other
+                event["auth_events"] = [*event["auth_events"], link]
+        outcomes = []
+        for order in (1, -1):
+            try:
+                outcomes.append(
+                    resolve(version, sets[::order], dict(list(events.items())[::order]))
+                )
+            except StateResolutionError as e:
+                outcomes.append(e.missing_event_ids)
+        self.assertEqual(outcomes[0], outcomes[1])

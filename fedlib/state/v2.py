@@ -26,7 +26,7 @@ import heapq
 from collections.abc import Iterable, Mapping, Sequence
 
 from fedlib.auth.rules import auth_types_with, check_auth_with
-from fedlib.errors import AuthError
+from fedlib.errors import AuthError, StateResolutionError
 from fedlib.events.room_versions import RoomVersion, StateResAlgorithm
 from fedlib.state._events import (
     CREATE_KEY,
@@ -36,6 +36,7 @@ from fedlib.state._events import (
     EventGraph,
     StateKey,
     StateMap,
+    missing_error,
 )
 
 
@@ -125,9 +126,16 @@ def _full_conflicted_set(
     for the few events that are neither conflicted nor unconflicted state.
     """
     per_set: list[set[str]] = []
+    missing: set[str] = set()
     for state_set in state_sets:
         roots = {state_set[k] for k in conflicted_keys if k in state_set}
-        per_set.append(graph.walk(roots))
+        try:
+            per_set.append(graph.walk(roots))
+        except StateResolutionError as e:
+            # Report what every state set lacks, not just the first one walked.
+            missing |= e.missing_event_ids
+    if missing:
+        raise missing_error(missing)
     union: set[str] = set().union(*per_set)
     common: set[str] = per_set[0].intersection(*per_set[1:])
 
