@@ -560,3 +560,25 @@ class ThreadSafetyTests(unittest.TestCase):
             )
         for (index, _), result in zip(jobs, results, strict=True):
             self.assertEqual(result, expected[index])
+
+
+class MalformedAuthEventsTests(unittest.TestCase):
+    def test_non_string_auth_event_ids_are_ignored(self) -> None:
+        # An odd entry in auth_events makes the fast walk fall back to the
+        # careful one; the odd entry must not leak into the conflicted set.
+        for version in ("2", "10", "12"):
+            b = RoomBuilder(version, seed=0)
+            trunk = b.create()
+            b.join(trunk, BOB)
+            x, y = trunk.fork(), trunk.fork()
+            topic = b.build(x, "m.room.topic", BOB, {"topic": "x"}, "")
+            leave = b.build(y, "m.room.member", BOB, {"membership": "leave"}, BOB)
+            assert topic and leave
+            expected = resolve(version, [x.state, y.state], b.events)
+            events = dict(b.events)
+            for junk in (1, 1.5, None, True):
+                events[topic] = dict(
+                    events[topic], auth_events=[junk, *events[topic]["auth_events"]]
+                )
+                got = resolve(version, [x.state, y.state], events)
+                self.assertEqual(got, expected, (version, junk))

@@ -198,7 +198,7 @@ _FIELDS = ("type", "state_key", "sender", "content", "auth_events", "origin_serv
 
 
 class MalformedInputProperties(unittest.TestCase):
-    @SETTINGS
+    @settings(max_examples=150, deadline=None)
     @given(rooms, st.randoms(use_true_random=False))
     def test_never_crashes(
         self, room: tuple[str, dict[str, Any], list[State]], rnd: random.Random

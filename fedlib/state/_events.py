@@ -31,7 +31,7 @@ _first = itemgetter(0)
 
 def missing_error(missing: Iterable[str]) -> StateResolutionError:
     ids = frozenset(missing)
-    shown = ", ".join(sorted(ids)[:10])
+    shown = ", ".join(sorted(map(str, ids))[:10])
     more = f" and {len(ids) - 10} more" if len(ids) > 10 else ""
     return StateResolutionError(
         f"State resolution needs {len(ids)} event(s) missing from event_map: {shown}{more}",
@@ -160,7 +160,7 @@ class EventGraph:
 
     def _levels(self, frontier: Iterable[str], seen: set[str], remaining: set[str] | None) -> Any:
         """Breadth-first over auth links, level by level with C-level ``map`` and
-        set operations; returns ``seen`` (adding to it), or with ``remaining`` the
+        set operations; returns the closure (``seen`` grown), or with ``remaining`` the
         targets still unseen when the walk ends. Odd input (missing events,
         malformed ``auth_events``) falls back to :meth:`_walk_slowly`, which
         reports exactly what is missing."""
@@ -190,8 +190,7 @@ class EventGraph:
             # A non-string ID is no key of ``events`` either, so it lands here too.
             closure = self._walk_slowly(set(start) | seen)
             if remaining is None:
-                seen |= closure
-                return seen
+                return closure  # ``seen`` may hold the odd ID that failed
             return remaining - closure
         return seen if remaining is None else remaining
 
