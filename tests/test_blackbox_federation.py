@@ -951,3 +951,121 @@ class OutboundTransactions(BlackBoxCase):
         self.assertTrue(seen >= set(bodies), f"{len(seen & set(bodies))} of 60 delivered")
         for _, _, body in self.sends(room):
             self.assertLessEqual(len(body["pdus"]), 50)
+
+
+class EventChecks(BlackBoxCase):
+    """server-server-api.md "Checks performed on receipt of a PDU" and the
+    restricted-room, ACL and ban rules, seen from outside."""
+
+    def test_hash_mismatch_stored_redacted(self) -> None:
+        for version in ("10", "12"):
+            room, _ = self.new_room(version)
+            joined = self.join(room, version)
+            pdu, pdu_id = self.message(room, version, joined, {"body": "original"})
+            pdu = dict(pdu, content={"body": "tampered"})
+            r = self.send([pdu])
+            self.assertEqual((r.code, r.json()["pdus"]), (200, {pdu_id: {}}))
+            got = self.req("GET", f"{F1}/event/{q(pdu_id)}")
+            self.assertEqual(got.code, 200, got)
+            self.assertEqual(got.json()["pdus"][0]["content"], {})
+
+    def test_missing_hashes_rejected(self) -> None:
+        room, _ = self.new_room("10")
+        joined = self.join(room, "10")
+        pdu, _ = self.message(room, "10", joined, {"body": "x"})
+        del pdu["hashes"]
+        r = self.send([pdu])
+        self.assertEqual(r.code, 200, r)
+        # The event ID covers the hashes, so there is one entry, under fedlib's ID.
+        (result,) = r.json()["pdus"].values()
+        self.assertIsInstance(result.get("error"), str)
+
+    def test_v12_create_event_not_allowed_in_auth_events(self) -> None:
+        room, _ = self.new_room("12")
+        joined = self.join(room, "12")
+        pdu, pdu_id = self.message(room, "12", joined, {"body": "x"})
+        create = next(e for e in joined["send_join"]["state"] if e["type"] == "m.room.create")
+        event = {k: v for k, v in pdu.items() if k not in ("hashes", "signatures")}
+        event["auth_events"] = [*event["auth_events"], compute_event_id("12", create)]
+        pdu = self.remote.sign_event("12", event)
+        pdu_id = compute_event_id("12", pdu)
+        r = self.send([pdu])
+        self.assertEqual(r.code, 200, r)
+        self.assertIsInstance(r.json()["pdus"][pdu_id].get("error"), str)
+
+    def test_oversized_state_key_rejected(self) -> None:
+        room, _ = self.new_room("10")
+        joined = self.join(room, "10")
+        pdu, _ = self.message(room, "10", joined, {"topic": "x"})
+        event = {k: v for k, v in pdu.items() if k not in ("hashes", "signatures")}
+        event.update(type="m.room.topic", state_key="x" * 256)
+        pdu = self.remote.sign_event("10", event)
+        pdu_id = compute_event_id("10", pdu)
+        r = self.send([pdu])
+        self.assertEqual(r.code, 200, r)
+        self.assertIsInstance(r.json()["pdus"][pdu_id].get("error"), str)
+
+    def test_unknown_prev_event_asks_origin(self) -> None:
+        remote = RemoteServer()
+        self.addCleanup(remote.stop)
+        self.remote = remote
+        room, _ = self.new_room("10")
+        joined = self.join(room, "10")
+        pdu, _ = self.message(room, "10", joined, {"body": "gap"})
+        event = {k: v for k, v in pdu.items() if k not in ("hashes", "signatures")}
+        event["prev_events"] = ["$" + "A" * 43]
+        event["depth"] += 5
+        pdu = remote.sign_event("10", event)
+        r = self.send([pdu])
+        self.assertEqual(r.code, 200, r)
+        asked = [p for m, p, _ in remote.received if "/get_missing_events/" in p]
+        self.assertTrue(asked, remote.received)
+
+    def test_restricted_join(self) -> None:
+        allowed, _ = self.new_room("10")
+        rules = {
+            "join_rule": "restricted",
+            "allow": [{"type": "m.room_membership", "room_id": allowed}],
+        }
+        restricted, _ = self.new_room(
+            "10", initial_state=[{"type": "m.room.join_rules", "state_key": "", "content": rules}]
+        )
+        user = self.remote.user("r" + os.urandom(3).hex())
+        r = self.req("GET", f"{F1}/make_join/{q(restricted)}/{q(user)}?ver=10")
+        self.assertError(r, 403, "M_FORBIDDEN")
+        unknown = {
+            "join_rule": "restricted",
+            "allow": [{"type": "m.room_membership", "room_id": "!u:127.0.0.1:9"}],
+        }
+        nowhere, _ = self.new_room(
+            "10", initial_state=[{"type": "m.room.join_rules", "state_key": "", "content": unknown}]
+        )
+        r = self.req("GET", f"{F1}/make_join/{q(nowhere)}/{q(user)}?ver=10")
+        self.assertError(r, 400, "M_UNABLE_TO_AUTHORISE_JOIN")
+        localpart = user[1:].split(":", 1)[0]
+        self.join(allowed, "10", localpart)
+        joined = self.join(restricted, "10", localpart)
+        via = joined["make_join"]["event"]["content"].get("join_authorised_via_users_server")
+        self.assertTrue(isinstance(via, str) and via.endswith(":" + self.fed.server_name), via)
+        # send_join's "event": the join countersigned by the resident server.
+        event = joined["send_join"].get("event")
+        self.assertIsInstance(event, dict)
+        self.assertIn(self.fed.server_name, event["signatures"])
+        self.assertIn(self.remote.server_name, event["signatures"])
+
+    def test_server_acl_and_ban(self) -> None:
+        acl = {"allow": ["*"], "deny": [], "allow_ip_literals": False}
+        room, _ = self.new_room(
+            "10", initial_state=[{"type": "m.room.server_acl", "state_key": "", "content": acl}]
+        )
+        user = q(self.remote.user("x"))
+        self.assertError(
+            self.req("GET", f"{F1}/make_join/{q(room)}/{user}?ver=10"), 403, "M_FORBIDDEN"
+        )
+        room, token = self.new_room("10")
+        r = self.fed.client(
+            "POST", f"/rooms/{q(room)}/ban", {"user_id": self.remote.user("banned")}, token
+        )
+        self.assertEqual(r.code, 200, r)
+        r = self.req("GET", f"{F1}/make_join/{q(room)}/{q(self.remote.user('banned'))}?ver=10")
+        self.assertError(r, 403, "M_FORBIDDEN")
