@@ -14,7 +14,6 @@ endpoints in ``config.listen`` for the service to open itself::
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -25,6 +24,10 @@ from twisted.logger import Logger
 from twisted.web.resource import IResource
 from twisted.web.server import Site
 
+from fedlib.client.gaps import GapConfig, GapFiller
+from fedlib.client.handshakes import Handshakes, KnockResult
+from fedlib.client.sender import ClientTransactionTransport, SenderConfig, TransactionSender
+from fedlib.client.transport import FederationClient
 from fedlib.config import FederationConfig
 from fedlib.crypto.keys import (
     decode_verify_key_base64,
@@ -33,40 +36,16 @@ from fedlib.crypto.keys import (
     key_id,
     split_key_id,
 )
-from fedlib.errors import MatrixError, SignatureError
+from fedlib.keyring import FetchedKey, Keyring, Notary
 from fedlib.rooms.builder import Preset, StateTemplate
 from fedlib.rooms.local import LocalRooms
+from fedlib.server.config import OldVerifyKey, ServerConfig
+from fedlib.server.resource import build_resource, build_site
 from fedlib.storage.interface import OwnKey
 
 __all__ = ["FederationService"]
 
 log = Logger()
-
-
-class _NoKeyring:
-    """Stands in when no keyring implementation is importable: every remote
-    signature is unverifiable, so authenticated requests are refused."""
-
-    def _fail(self, *args: Any, **kwargs: Any) -> defer.Deferred[Any]:
-        return defer.fail(SignatureError("No keyring available to verify remote keys"))
-
-    get_verify_keys = verify_json_for_server = verify_event = _fail
-
-
-def _optional_module(module: str) -> Any:
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        return None
-
-
-def _optional(module: str, name: str) -> Any:
-    """``module.name`` or ``None``: parts of fedlib built separately may be absent
-    in a partial installation; the service then runs without them."""
-    try:
-        return getattr(importlib.import_module(module), name, None)
-    except ImportError:
-        return None
 
 
 class FederationService(service.Service):
@@ -111,18 +90,26 @@ class FederationService(service.Service):
             default_room_version=config.default_room_version,
             default_server_acl=config.default_server_acl,
         )
-        #: The :class:`fedlib.client.handshakes.Handshakes` (join, knock, leave and
-        #: invite with rooms this server is not in), or ``None`` when unavailable.
-        self.handshakes = self._make_handshakes()
+        #: Join, knock, leave and invite with rooms this server is not in.
+        self.handshakes = Handshakes(
+            server_name=config.server_name,
+            signing_key=config.signing_key,
+            client=self.client,
+            store=self.store,
+            keyring=self.keyring,
+            clock=reactor,
+            hooks=self.hooks,
+            gaps=self.gaps,
+            local_rooms=self.rooms,
+            room_versions=config.room_versions,
+        )
         self._ports: list[Any] = []
         #: Endpoints actually listened on, in ``config.listen`` order (IListeningPort).
         self.ports: list[Any] = self._ports
 
     # -- construction ------------------------------------------------------------
 
-    def _make_client(self) -> Any:
-        from fedlib.client.transport import FederationClient
-
+    def _make_client(self) -> FederationClient:
         c = self.config
         return FederationClient(
             c.server_name,
@@ -134,14 +121,9 @@ class FederationService(service.Service):
             default_timeout=c.limits.request_timeout,
         )
 
-    def _make_keyring(self) -> Any:
-        keyring_mod = _optional_module("fedlib.keyring")
-        keyring_cls = getattr(keyring_mod, "Keyring", None)
-        if keyring_mod is None or keyring_cls is None:
-            log.warn("fedlib.keyring.Keyring is unavailable: remote requests cannot be verified")
-            return _NoKeyring()
+    def _make_keyring(self) -> Keyring:
         notaries = [
-            keyring_mod.Notary(
+            Notary(
                 n.server_name,
                 {
                     kid: decode_verify_key_base64(*split_key_id(kid), b64)
@@ -152,12 +134,12 @@ class FederationService(service.Service):
         ]
         key = self.config.signing_key
         # Our own keys never need a request: valid as long as we run with them.
-        local = {key_id(key): keyring_mod.FetchedKey(key_id(key), get_verify_key(key), 2**62)}
+        local = {key_id(key): FetchedKey(key_id(key), get_verify_key(key), 2**62)}
         for old in self.config.old_signing_keys:
-            local[old.key_id] = keyring_mod.FetchedKey(
+            local[old.key_id] = FetchedKey(
                 old.key_id, old.verify_key, old.expired_ts, expired_ts=old.expired_ts
             )
-        return keyring_cls(
+        return Keyring(
             self.client,
             self.reactor,
             notaries=notaries,
@@ -166,13 +148,7 @@ class FederationService(service.Service):
             store=self.store,
         )
 
-    def _make_sender(self) -> Any:
-        from fedlib.client.sender import (
-            ClientTransactionTransport,
-            SenderConfig,
-            TransactionSender,
-        )
-
+    def _make_sender(self) -> TransactionSender:
         return TransactionSender(
             self.config.server_name,
             self.store,
@@ -181,27 +157,15 @@ class FederationService(service.Service):
             SenderConfig(instance_name=self.config.instance_name),
         )
 
-    def _make_gaps(self) -> Any:
-        gap_cls = _optional("fedlib.client.gaps", "GapFiller")
-        config_cls = _optional("fedlib.client.gaps", "GapConfig")
-        if gap_cls is None:
-            return None
+    def _make_gaps(self) -> GapFiller:
         limits = self.config.limits
-        gap_config = None
-        if config_cls is not None:
-            gap_config = config_cls(
-                timeout=limits.gap_fill_timeout, max_missing_events=limits.max_missing_events
-            )
-        return gap_cls(self.client, self.store, self.keyring, self.reactor, gap_config)
+        gap_config = GapConfig(
+            timeout=limits.gap_fill_timeout, max_missing_events=limits.max_missing_events
+        )
+        return GapFiller(self.client, self.store, self.keyring, self.reactor, gap_config)
 
-    def _make_handshakes(self) -> Any:
-        handshakes_cls = _optional("fedlib.client.handshakes", "Handshakes")
-        return None if handshakes_cls is None else handshakes_cls.from_service(self)
-
-    def server_config(self) -> Any:
+    def server_config(self) -> ServerConfig:
         """The :class:`fedlib.server.config.ServerConfig` derived from ``config``."""
-        from fedlib.server.config import OldVerifyKey, ServerConfig
-
         c = self.config
         return ServerConfig(
             server_name=c.server_name,
@@ -218,8 +182,6 @@ class FederationService(service.Service):
         )
 
     def _make_resource(self) -> IResource:
-        from fedlib.server.resource import build_resource
-
         def origin_seen(origin: str) -> None:
             d = defer.maybeDeferred(self.sender.reset_backoff, origin)
             d.addErrback(lambda f: log.failure("Resetting backoff of {o}", f, o=origin))
@@ -238,8 +200,6 @@ class FederationService(service.Service):
     def site(self, **kwargs: Any) -> Site:
         """A :class:`~twisted.web.server.Site` serving :attr:`resource` with the
         request body limit enforced while reading."""
-        from fedlib.server.resource import build_site
-
         return build_site(self.resource, self.config.limits.max_request_body, **kwargs)
 
     # -- lifecycle ------------------------------------------------------------------
@@ -384,18 +344,20 @@ class FederationService(service.Service):
         Deferred[event_id]."""
         if not room_id_or_alias.startswith("#") and (yield self._in_room(room_id_or_alias)):
             return (yield self.rooms.join_local(room_id_or_alias, user_id))
-        return (
-            yield self._handshake(
-                "join_room", room_id_or_alias, user_id, list(servers), omit_members
-            )
+        result = yield self.handshakes.join_room(
+            room_id_or_alias, user_id, list(servers), omit_members
         )
+        return result.event_id
 
     def knock_room(
         self, room_id: str, user_id: str, servers: Sequence[str] = (), reason: str | None = None
     ) -> defer.Deferred[Any]:
         """Knock on a remote room (``make_knock``/``send_knock``);
         Deferred[:class:`fedlib.client.handshakes.KnockResult`]."""
-        return self._handshake("knock_room", room_id, user_id, list(servers), reason)
+        d: defer.Deferred[KnockResult] = self.handshakes.knock_room(
+            room_id, user_id, list(servers), reason
+        )
+        return d
 
     @defer.inlineCallbacks
     def leave(
@@ -410,7 +372,7 @@ class FederationService(service.Service):
         inviting server). Deferred[event_id]."""
         if (yield self._in_room(room_id)):
             return (yield self.rooms.leave(room_id, user_id, reason))
-        return (yield self._handshake("reject_invite", room_id, user_id, list(servers), reason))
+        return (yield self.handshakes.reject_invite(room_id, user_id, list(servers), reason))
 
     @defer.inlineCallbacks
     def _in_room(self, room_id: str) -> Any:
@@ -420,12 +382,6 @@ class FederationService(service.Service):
         servers = yield self.store.get_joined_servers(room_id)
         return self.config.server_name in servers
 
-    def _handshake(self, name: str, *args: Any, **kwargs: Any) -> defer.Deferred[Any]:
-        fn = _optional("fedlib.client.handshakes", name)
-        if fn is None:
-            return defer.fail(MatrixError(501, "M_UNRECOGNIZED", f"{name} is not available"))
-        return defer.maybeDeferred(fn, self, *args, **kwargs)
-
     def _remote_invite(
         self,
         destination: str,
@@ -434,4 +390,4 @@ class FederationService(service.Service):
         invite_room_state: Sequence[Mapping[str, Any]],
     ) -> Any:
         # The handshake checks the invitee's signature and that nothing else changed.
-        return self._handshake("remote_invite", destination, room_version, event, invite_room_state)
+        return self.handshakes.remote_invite(destination, room_version, event, invite_room_state)
