@@ -83,7 +83,15 @@ class SynapseAndFedlib(unittest.TestCase):
     def check_fedlib_hosted(self, version: str) -> None:
         body = {"preset": "public_chat", "room_version": version}
         room = self.ok(self.fedc("POST", "/createRoom", body))["room_id"]
+        # History from before Synapse joined: it backfills from fedlib.
+        for i in range(3):
+            message = {"msgtype": "m.text", "body": f"before join {i}"}
+            self.ok(self.fedc("PUT", f"/rooms/{q(room)}/send/m.room.message/b{i}", message))
         self.ok(self.syn("POST", f"/join/{q(room)}?server_name={q(self.fed.server_name)}", {}))
+        for i in range(3):
+            self.assertTrue(
+                wait_for(self.sees(self.syn, room, f"before join {i}")), "no backfilled history"
+            )
         text = f"from fedlib v{version}"
         self.ok(
             self.fedc(
