@@ -1171,3 +1171,67 @@ class InvitesV12(BlackBoxCase):
         "formatted per the room version, badly signed or from another room; fedlib accepts "
         "and countersigns all of them"
     )
+
+
+class MembershipValidation(BlackBoxCase):
+    """joins-v2.yaml, leaving-v2.yaml, knocks.yaml: the validation of send_join,
+    send_leave and send_knock, for which servers SHOULD answer 400 M_INVALID_PARAM."""
+
+    def bad_events(self, room: str, membership: str) -> dict[str, tuple[dict[str, Any], str]]:
+        user = self.remote.user("v" + os.urandom(3).hex())
+        template = {
+            "type": "m.room.member",
+            "room_id": room,
+            "sender": user,
+            "state_key": user,
+            "content": {"membership": membership},
+            "depth": 10,
+            "prev_events": [],
+            "auth_events": [],
+            "origin_server_ts": now_ms(),
+        }
+        other = "knock" if membership != "knock" else "join"
+        variants = {
+            "wrong type": {**template, "type": "m.room.topic"},
+            "wrong membership": {**template, "content": {"membership": other}},
+            "sender of another server": {**template, "sender": "@x:127.0.0.1:3"},
+            "state_key not sender": {**template, "state_key": self.remote.user("other")},
+        }
+        out = {}
+        for name, event in variants.items():
+            signed = self.remote.sign_event("10", event)
+            out[name] = (signed, compute_event_id("10", signed))
+        signed = self.remote.sign_event("10", template)
+        event_id = compute_event_id("10", signed)
+        signed["signatures"] = {self.remote.server_name: {self.remote.key_id: "A" * 86}}
+        out["bad signature"] = (signed, event_id)
+        return out
+
+    def check(self, path: str, membership: str, knock: bool = False) -> None:
+        rules = [{"type": "m.room.join_rules", "state_key": "", "content": {"join_rule": "knock"}}]
+        room, _ = self.new_room("10", initial_state=rules if knock else [])
+        failures = []
+        for name, (event, event_id) in self.bad_events(room, membership).items():
+            r = self.req("PUT", f"{path}/{q(room)}/{q(event_id)}", event)
+            if (r.code, r.errcode) != (400, "M_INVALID_PARAM"):
+                failures.append(f"{name}: {r.code} {r.errcode}")
+            self.assertIn(r.code, (400, 403), (name, r))
+        self.assertEqual(failures, [])
+
+    def test_send_join(self) -> None:
+        self.check(f"{F2}/send_join", "join")
+
+    def test_send_leave(self) -> None:
+        self.check(f"{F2}/send_leave", "leave")
+
+    def test_send_knock(self) -> None:
+        self.check(f"{F1}/send_knock", "knock", knock=True)
+
+
+for _name in ("test_send_join", "test_send_leave", "test_send_knock"):
+    getattr(MembershipValidation, _name).todo = (
+        "joins-v2.yaml / leaving-v2.yaml / knocks.yaml: servers SHOULD return 400 "
+        "M_INVALID_PARAM for a bad signature, a non-member type, the wrong membership, a "
+        "sender not of the origin or a state_key other than the sender; fedlib answers "
+        "400 M_BAD_JSON or 403 M_FORBIDDEN"
+    )
