@@ -12,6 +12,7 @@ on bad input, whatever its type.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 
@@ -130,6 +131,18 @@ def parse_server_name(server_name: object) -> tuple[str, int | None]:
 
 def is_valid_server_name(server_name: object) -> bool:
     """Whether ``server_name`` follows the server name grammar."""
+    if type(server_name) is str and len(server_name) <= 255:
+        # Every ID of a big batch of PDUs names one of a few servers.
+        return _valid_server_name_cached(server_name)
+    try:
+        parse_server_name(server_name)
+    except InvalidIdError:
+        return False
+    return True
+
+
+@functools.lru_cache(maxsize=4096)
+def _valid_server_name_cached(server_name: str) -> bool:
     try:
         parse_server_name(server_name)
     except InvalidIdError:

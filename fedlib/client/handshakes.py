@@ -494,8 +494,13 @@ class Handshakes:
         if total > self.config.max_join_events:
             raise BadJsonError(f"{server}: send_join answer has {total} events; too many")
         vid = version.identifier
-        state_checks = yield verify_pdus(self._keyring, vid, list(resp.state), room_id=room_id)
-        chain_checks = yield verify_pdus(self._keyring, vid, list(resp.auth_chain), room_id=room_id)
+        # With the clock, the reactor gets a turn between chunks of a big answer.
+        state_checks = yield verify_pdus(
+            self._keyring, vid, resp.state, room_id=room_id, clock=self._clock
+        )
+        chain_checks = yield verify_pdus(
+            self._keyring, vid, resp.auth_chain, room_id=room_id, clock=self._clock
+        )
         # Events failing format or signature checks are dropped, as the spec says
         # (a departed server's key may be unobtainable). Whatever needed a dropped
         # event then fails the auth checks below, and the join with it.

@@ -170,6 +170,7 @@ def verify_event_signatures(
     room_version: str,
     event: Mapping[str, Any],
     verify_keys: Mapping[str, Mapping[str, Any]],
+    message: bytes | None = None,
 ) -> None:
     """Check the signatures of every server that must sign ``event`` (over its redacted form).
 
@@ -182,13 +183,16 @@ def verify_event_signatures(
 
     This does not check the content hash: see
     :func:`fedlib.events.hashing.check_content_hash`.
+
+    ``message``, when given, must be the canonical JSON of
+    ``signable_redacted(version, event)`` (a caller that already encoded it for
+    the event ID saves encoding it again).
     """
     version = get_room_version(room_version)
     signatures = event.get("signatures")
     if not isinstance(signatures, dict):
         raise SignatureError("Event has no signatures")
     signers = required_signers(version, event)
-    message: bytes | None = None
     for server in sorted(signers) if len(signers) > 1 else signers:
         server_sigs = signatures.get(server)
         if not isinstance(server_sigs, dict) or not server_sigs:

@@ -16,23 +16,38 @@ and by the server's ``/send`` pipeline so they cannot drift apart.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import attrs
-from twisted.internet import defer
+from twisted.internet import defer, task
+from twisted.internet.interfaces import IReactorTime
+from unpaddedbase64 import encode_base64
 
+from fedlib.canonical import encode_canonical_json
+from fedlib.crypto.signing import required_signers, verify_event_signatures
 from fedlib.errors import BadJsonError, MatrixError, SignatureError
 from fedlib.events.hashing import check_content_hash, event_id_with
-from fedlib.events.redaction import redact_with
-from fedlib.events.room_versions import RoomVersion, get_room_version
+from fedlib.events.redaction import redact_with, signable_redacted
+from fedlib.events.room_versions import EventFormat, RoomVersion, get_room_version
 from fedlib.events.validation import validate_pdu
 
-__all__ = ["DEFAULT_CONCURRENCY", "PduCheckResult", "check_pdu_format", "verify_pdus"]
+__all__ = [
+    "DEFAULT_CHUNK",
+    "DEFAULT_CONCURRENCY",
+    "PduCheckResult",
+    "check_pdu_format",
+    "verify_pdus",
+]
 
 #: PDUs whose signatures are checked at once; the keyring batches key fetches, so
 #: more in flight buys little and costs memory.
 DEFAULT_CONCURRENCY = 32
+
+#: PDUs checked between two returns to the reactor (when :func:`verify_pdus` is
+#: given a clock): some 30-60 ms of work.
+DEFAULT_CHUNK = 256
 
 
 @attrs.frozen(slots=True)
@@ -81,18 +96,36 @@ def _to_matrix_error(failure: Any) -> MatrixError:
     return SignatureError(f"Signature check failed: {value!r}"[:300])
 
 
-@defer.inlineCallbacks
-def _check_one(
-    keyring: Any,
-    version: RoomVersion,
-    index: int,
-    pdu: object,
-    room_id: str | None,
-) -> Any:
+@attrs.define(slots=True)
+class _Prepared:
+    """A PDU that passed the format and room checks, ready for its signatures."""
+
+    index: int
+    event_id: str
+    event: dict[str, Any]
+    #: Canonical JSON of the signable redaction: hashed into the event ID and
+    #: covered by the signatures, so encoded once for both.
+    message: bytes
+    #: (server, key IDs) per required signer; ``None`` when the event's
+    #: signatures are malformed (the keyring's own path then says how).
+    groups: list[tuple[str, tuple[str, ...]]] | None
+    valid_at: int | None
+
+
+def _prepare(
+    version: RoomVersion, index: int, pdu: object, room_id: str | None
+) -> _Prepared | PduCheckResult:
     event_id: str | None = None
     try:
         event = check_pdu_format(version.identifier, pdu)
-        event_id = event_id_with(version, event)
+        message = encode_canonical_json(signable_redacted(version, event))
+        fmt = version.event_format
+        if fmt is EventFormat.V1:
+            event_id = event_id_with(version, event)
+        else:
+            # event_id_with over the same bytes.
+            digest = hashlib.sha256(message).digest()
+            event_id = "$" + encode_base64(digest, urlsafe=fmt is EventFormat.V4)
         if room_id is not None:
             in_room = event.get("room_id")
             if in_room is None and version.room_id_is_create_hash:
@@ -104,17 +137,104 @@ def _check_one(
         return PduCheckResult(index=index, event_id=event_id, error=e)
     except Exception as e:
         return PduCheckResult(index=index, event_id=event_id, error=BadJsonError(f"{e!r}"[:300]))
+    return _Prepared(index, event_id, event, message, *_signers(version, event))
+
+
+def _signers(
+    version: RoomVersion, event: dict[str, Any]
+) -> tuple[list[tuple[str, tuple[str, ...]]] | None, int | None]:
+    """The key lookups the keyring's ``verify_event`` would make for ``event`` (same
+    servers, key IDs and validity time), or ``None`` when it would fail before."""
+    valid_at: int | None = None
+    if version.enforce_key_validity:
+        ts = event.get("origin_server_ts")
+        if not isinstance(ts, int) or isinstance(ts, bool):
+            return None, None
+        valid_at = ts
+    signatures = event.get("signatures")
+    if not isinstance(signatures, dict):
+        return None, None
     try:
-        yield keyring.verify_event(version.identifier, event)
-    except Exception as e:
-        return PduCheckResult(index=index, event_id=event_id, error=_to_matrix_error(e))
+        servers = required_signers(version, event)
+    except MatrixError:
+        return None, None
+    groups = []
+    for server in sorted(servers):
+        sigs = signatures.get(server)
+        if not isinstance(sigs, dict) or not sigs:
+            return None, None
+        groups.append((server, tuple(k for k in sigs if isinstance(k, str))))
+    return groups, valid_at
+
+
+def _finish(prepared: _Prepared, version: RoomVersion) -> PduCheckResult:
+    """The result of a PDU whose signatures verified."""
+    event = prepared.event
     if check_content_hash(event):
-        return PduCheckResult(index=index, event_id=event_id, event=event)
+        return PduCheckResult(index=prepared.index, event_id=prepared.event_id, event=event)
     # The spec assumes a hash mismatch means we were sent a redacted copy, and
     # tells us to use our own redaction so no unverified content survives.
     return PduCheckResult(
-        index=index, event_id=event_id, event=redact_with(version, event), redacted=True
+        index=prepared.index,
+        event_id=prepared.event_id,
+        event=redact_with(version, event),
+        redacted=True,
     )
+
+
+class _KeyCache:
+    """Verify keys for one :func:`verify_pdus` call, looked up once per (server, key
+    IDs) instead of once per PDU.
+
+    A key valid at a time is valid at every earlier time (``valid_until_ts`` and
+    ``expired_ts`` are upper bounds), so keys looked up at the latest timestamp of
+    a batch serve every PDU of the batch; when the keyring returns fewer keys than
+    asked for, the PDUs concerned go through ``keyring.verify_event`` one by one,
+    which may pick an older key or refetch, exactly as before.
+    """
+
+    def __init__(self, keyring: Any, concurrency: int) -> None:
+        self._lookup = getattr(keyring, "get_verify_keys", None)
+        self._sem = defer.DeferredSemaphore(max(1, concurrency))
+        #: (server, key IDs) -> (valid at ts or None, keys) when all keys were found.
+        self._found: dict[tuple[str, tuple[str, ...]], tuple[int | None, dict[str, Any]]] = {}
+        #: Lookups that failed or came back short: not tried again in this call.
+        self._short: set[tuple[str, tuple[str, ...]]] = set()
+
+    def keys(
+        self, group: tuple[str, tuple[str, ...]], valid_at: int | None
+    ) -> dict[str, Any] | None:
+        found = self._found.get(group)
+        if found is None:
+            return None
+        ts, keys = found
+        if valid_at is not None and (ts is None or ts < valid_at):
+            return None
+        return keys
+
+    @defer.inlineCallbacks
+    def fill(self, wanted: dict[tuple[str, tuple[str, ...]], int | None]) -> Any:
+        """Look up the ``wanted`` groups (each needed valid at the given time)."""
+        if self._lookup is None:
+            return
+        todo = [
+            (g, ts) for g, ts in wanted.items() if g not in self._short and self.keys(g, ts) is None
+        ]
+        if todo:
+            yield defer.gatherResults([self._sem.run(self._one, g, ts) for g, ts in todo])
+
+    @defer.inlineCallbacks
+    def _one(self, group: tuple[str, tuple[str, ...]], valid_at: int | None) -> Any:
+        server, kids = group
+        try:
+            assert self._lookup is not None
+            keys = yield self._lookup(server, kids, valid_at)
+        except Exception:
+            keys = None
+        if isinstance(keys, dict) and keys and set(keys) >= set(kids):
+            self._found[group] = (valid_at, dict(keys))
+        else:
+            self._short.add(group)
 
 
 def verify_pdus(
@@ -124,6 +244,8 @@ def verify_pdus(
     *,
     room_id: str | None = None,
     concurrency: int = DEFAULT_CONCURRENCY,
+    clock: IReactorTime | None = None,
+    chunk: int = DEFAULT_CHUNK,
 ) -> defer.Deferred[list[PduCheckResult]]:
     """Check format, signatures and content hashes of ``pdus``, concurrently.
 
@@ -132,23 +254,106 @@ def verify_pdus(
     :class:`PduCheckResult` per PDU, in input order; it never fails for a bad PDU
     (each result says what was wrong) and fails only with
     ``UnsupportedRoomVersionError`` for an unknown ``room_version``. At most
-    ``concurrency`` signature checks are outstanding at any time.
+    ``concurrency`` key lookups or signature checks are outstanding at any time.
+
+    PDUs are checked ``chunk`` at a time: the keys of a chunk's signers are looked
+    up once per server (``get_verify_keys``) and its signatures checked without a
+    Deferred per PDU; PDUs whose keys that did not yield go through
+    ``keyring.verify_event``. With a ``clock`` the reactor gets a turn between
+    chunks, so a big batch (a ``send_join`` answer) does not stall it; without
+    one, a batch whose keys are cached is checked synchronously.
     """
     try:
         version = get_room_version(room_version)
     except MatrixError:
         return defer.fail()
+    return _verify(keyring, version, pdus, room_id, concurrency, clock, max(1, chunk))
+
+
+@defer.inlineCallbacks
+def _verify(
+    keyring: Any,
+    version: RoomVersion,
+    pdus: Sequence[object],
+    room_id: str | None,
+    concurrency: int,
+    clock: IReactorTime | None,
+    chunk: int,
+) -> Any:
     results: list[PduCheckResult | None] = [None] * len(pdus)
-    work: Iterator[tuple[int, object]] = iter(enumerate(pdus))
+    cache = _KeyCache(keyring, concurrency)
+    slow: list[_Prepared] = []
+    for start in range(0, len(pdus), chunk):
+        if start and clock is not None:
+            yield task.deferLater(clock, 0, lambda: None)
+        prepared: list[_Prepared] = []
+        wanted: dict[tuple[str, tuple[str, ...]], int | None] = {}
+        for index in range(start, min(start + chunk, len(pdus))):
+            p = _prepare(version, index, pdus[index], room_id)
+            if isinstance(p, PduCheckResult):
+                results[index] = p
+                continue
+            if p.groups is None:
+                slow.append(p)
+                continue
+            prepared.append(p)
+            for group in p.groups:
+                if group in wanted:
+                    old = wanted[group]
+                    wanted[group] = (
+                        None if old is None or p.valid_at is None else max(old, p.valid_at)
+                    )
+                else:
+                    wanted[group] = p.valid_at
+        yield cache.fill(wanted)
+        for p in prepared:
+            assert p.groups is not None
+            keys: dict[str, dict[str, Any]] = {}
+            for group in p.groups:
+                found = cache.keys(group, p.valid_at)
+                if found is None:
+                    break
+                keys[group[0]] = found
+            else:
+                try:
+                    verify_event_signatures(version.identifier, p.event, keys, p.message)
+                except MatrixError as e:
+                    results[p.index] = PduCheckResult(
+                        index=p.index, event_id=p.event_id, error=_to_matrix_error(e)
+                    )
+                else:
+                    results[p.index] = _finish(p, version)
+                continue
+            slow.append(p)
+    if slow:
+        yield _verify_slow(keyring, version, slow, results, concurrency)
+    return [r for r in results if r is not None]
+
+
+def _verify_slow(
+    keyring: Any,
+    version: RoomVersion,
+    slow: list[_Prepared],
+    results: list[PduCheckResult | None],
+    concurrency: int,
+) -> defer.Deferred[Any]:
+    """``keyring.verify_event`` per PDU, at most ``concurrency`` at once."""
+    work: Iterator[_Prepared] = iter(slow)
 
     @defer.inlineCallbacks
     def worker() -> Any:
         # Workers share one iterator: each takes the next PDU when it is free, so
         # memory and outstanding key lookups stay bounded by ``concurrency``.
-        for index, pdu in work:
-            result = yield _check_one(keyring, version, index, pdu, room_id)
-            results[index] = result
+        for p in work:
+            try:
+                yield keyring.verify_event(version.identifier, p.event)
+            except Exception as e:
+                results[p.index] = PduCheckResult(
+                    index=p.index, event_id=p.event_id, error=_to_matrix_error(e)
+                )
+            else:
+                results[p.index] = _finish(p, version)
 
-    workers = [worker() for _ in range(max(1, min(concurrency, len(pdus))))]
+    workers = [worker() for _ in range(max(1, min(concurrency, len(slow))))]
     done: defer.Deferred[Any] = defer.gatherResults(workers, consumeErrors=True)
-    return done.addCallback(lambda _: [r for r in results if r is not None])
+    return done
