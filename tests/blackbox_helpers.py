@@ -212,15 +212,18 @@ class FedlibProcess:
         )
 
     def register(self, localpart: str) -> str:
-        r = self.client(
-            "POST",
-            "/register",
-            {
-                "username": localpart,
-                "password": "pw-" + localpart,
-                "auth": {"type": "m.login.dummy"},
-            },
-        )
+        body = {
+            "username": localpart,
+            "password": "pw-" + localpart,
+            "auth": {"type": "m.login.dummy"},
+        }
+        deadline = time.monotonic() + HTTP_TIMEOUT
+        while True:
+            r = self.client("POST", "/register", body)
+            if r.code != 429 or time.monotonic() > deadline:
+                break
+            # Registration is rate-limited per address: wait as told (bounded).
+            time.sleep(min(2.0, r.json().get("retry_after_ms", 500) / 1000))
         assert r.code == 200, r
         return str(r.json()["access_token"])
 
