@@ -1235,3 +1235,32 @@ for _name in ("test_send_join", "test_send_leave", "test_send_knock"):
         "sender not of the origin or a state_key other than the sender; fedlib answers "
         "400 M_BAD_JSON or 403 M_FORBIDDEN"
     )
+
+
+class Identifiers(BlackBoxCase):
+    """appendices.md, User Identifiers: at most 255 bytes."""
+
+    def test_make_join_refuses_overlong_user_id(self) -> None:
+        room, _ = self.new_room("10")
+        user = "@" + "u" * 250 + ":" + self.remote.server_name
+        r = self.req("GET", f"{F1}/make_join/{q(room)}/{q(user)}?ver=10")
+        self.assertEqual(r.code, 400, r)
+        self.assertIn(r.errcode, ("M_INVALID_PARAM", "M_BAD_JSON", "M_INVALID_USERNAME"), r)
+
+    test_make_join_refuses_overlong_user_id.todo = (  # type: ignore[attr-defined]
+        "appendices.md User Identifiers ('MUST NOT exceed 255 bytes') / joins-v1.yaml make_join "
+        "400: fedlib hands out a join template for a 262-byte user ID, which its own send_join "
+        "then rejects (400 'sender' is longer than 255 bytes)"
+    )
+
+    def test_overlong_sender_rejected_per_pdu(self) -> None:
+        room, _ = self.new_room("10")
+        joined = self.join(room, "10")
+        pdu, _ = self.message(room, "10", joined, {"body": "x"})
+        event = {k: v for k, v in pdu.items() if k not in ("hashes", "signatures")}
+        event["sender"] = "@" + "u" * 250 + ":" + self.remote.server_name
+        pdu = self.remote.sign_event("10", event)
+        r = self.send([pdu])
+        self.assertEqual(r.code, 200, r)
+        (result,) = r.json()["pdus"].values()
+        self.assertIsInstance(result.get("error"), str)
