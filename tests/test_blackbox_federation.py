@@ -21,6 +21,7 @@ from twisted.trial import unittest
 
 from fedlib.crypto.keys import generate_signing_key
 from fedlib.crypto.request_auth import sign_request
+from fedlib.crypto.signing import sign_json
 from fedlib.events.hashing import compute_event_id, compute_room_id
 from tests.blackbox_helpers import FedlibProcess, RemoteServer, Response, q, raw_request, shared
 
@@ -1264,3 +1265,46 @@ class Identifiers(BlackBoxCase):
         self.assertEqual(r.code, 200, r)
         (result,) = r.json()["pdus"].values()
         self.assertIsInstance(result.get("error"), str)
+
+
+class _BadKeyServer(RemoteServer):
+    """A remote whose /_matrix/key/v2/server answer is wrong in one way."""
+
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+        super().__init__()
+
+    def key_response(self) -> dict[str, Any]:
+        base = {k: v for k, v in super().key_response().items() if k != "signatures"}
+        if self.mode == "unsigned":
+            return base
+        if self.mode == "signed by another key":
+            return sign_json(base, self.server_name, generate_signing_key(self.signing_key.version))
+        if self.mode == "another server_name":
+            return sign_json(
+                dict(base, server_name="127.0.0.1:1"), self.server_name, self.signing_key
+            )
+        if self.mode == "signed as another server":
+            return sign_json(base, "127.0.0.1:1", self.signing_key)
+        raise AssertionError(self.mode)
+
+
+class KeyFetching(BlackBoxCase):
+    """keys_server.yaml as fedlib consumes it: a request from a server whose key
+    answer does not verify is 401, and the notary returns nothing for it."""
+
+    def test_unverifiable_key_answers(self) -> None:
+        for mode in (
+            "unsigned",
+            "signed by another key",
+            "another server_name",
+            "signed as another server",
+        ):
+            remote = _BadKeyServer(mode)
+            self.addCleanup(remote.stop)
+            r = remote.request(self.fed, "GET", f"{F1}/event/{q('$nope')}")
+            self.assertError(r, 401, "M_UNAUTHORIZED")
+            notary = raw_request(
+                self.fed.port, "GET", f"/_matrix/key/v2/query/{q(remote.server_name)}"
+            )
+            self.assertEqual((notary.code, notary.json()), (200, {"server_keys": []}), mode)
