@@ -95,18 +95,17 @@ _LENIENT_DECODER = json.JSONDecoder(
 
 
 def _depth_exceeds(value: Any, limit: int) -> bool:
+    if not isinstance(value, dict | list):
+        return False
+    # Only containers go on the stack: a send_join answer holds far more leaves.
     stack: list[tuple[Any, int]] = [(value, 1)]
     while stack:
         item, depth = stack.pop()
-        if isinstance(item, dict):
-            children: Any = item.values()
-        elif isinstance(item, list):
-            children = item
-        else:
-            continue
         if depth > limit:
             return True
-        stack.extend((child, depth + 1) for child in children)
+        for child in item.values() if isinstance(item, dict) else item:
+            if isinstance(child, dict | list):
+                stack.append((child, depth + 1))
     return False
 
 

@@ -257,7 +257,7 @@ class GapFiller:
             raise MatrixError(504, "M_UNKNOWN", f"{origin}: fetching events timed out")
         wanted = list(pdus)
         results = yield verify_pdus(
-            self._keyring, version, [pdus[e] for e in wanted], room_id=room_id
+            self._keyring, version, [pdus[e] for e in wanted], room_id=room_id, clock=self._clock
         )
         found: dict[str, PduCheckResult] = {}
         for asked, r in zip(wanted, results, strict=True):
@@ -299,7 +299,9 @@ class GapFiller:
         pdus = _pdu_list(body, origin, what)
         if len(pdus) > self.config.max_state_ids:
             raise BadJsonError(f"{origin}: auth chain of {len(pdus)} events is too long")
-        results = yield verify_pdus(self._keyring, version, pdus, room_id=room_id)
+        results = yield verify_pdus(
+            self._keyring, version, pdus, room_id=room_id, clock=self._clock
+        )
         return {r.event_id: r for r in self._ok_results(origin, what, results) if r.event_id}
 
     @defer.inlineCallbacks
@@ -390,7 +392,9 @@ class GapFiller:
         chain = _pdu_list(getattr(body, "auth_chain", None), origin, what)
         if len(pdus) + len(chain) > 2 * self.config.max_state_ids:
             raise BadJsonError(f"{origin}: /state answer is too large")
-        results = yield verify_pdus(self._keyring, version, pdus + chain, room_id=room_id)
+        results = yield verify_pdus(
+            self._keyring, version, pdus + chain, room_id=room_id, clock=self._clock
+        )
         want = set(wanted)
         return {
             r.event_id: r for r in self._ok_results(origin, what, results) if r.event_id in want

@@ -20,11 +20,11 @@ from __future__ import annotations
 import logging
 import secrets
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import attrs
-from twisted.internet import defer
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet import defer, threads
+from twisted.internet.interfaces import IReactorThreads, IReactorTime
 
 from fedlib.auth.rules import (
     CREATE_KEY,
@@ -64,6 +64,10 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+#: Checks over more events than this (a big room's send_join answer or state) run
+#: in the reactor's thread pool, off the reactor.
+PURE_IN_THREAD_ABOVE = 2000
 
 
 class HandshakeError(MatrixError):
@@ -196,6 +200,29 @@ def _topological(events: Mapping[str, Mapping[str, Any]]) -> list[str]:
                 ready.append(child)
     if len(order) != len(events):
         raise AuthError("The auth events form a cycle")
+    return order
+
+
+def _check_fetched_state(
+    version: RoomVersion,
+    fetched: Mapping[str, Mapping[str, Any]],
+    stored: Mapping[str, Any],
+    everything: Mapping[str, Mapping[str, Any]],
+    create: tuple[str, Mapping[str, Any]],
+) -> list[str]:
+    """Check fetched state events (partial-state resync) against their auth events,
+    in topological order; returns the order. Raises :class:`AuthError`."""
+    order = _topological(
+        {e: everything[e] for e in fetched}
+        # Stored events were checked when stored: only order against them.
+        | {e: {**s.event, "auth_events": []} for e, s in stored.items()}
+    )
+    for event_id in order:
+        if event_id not in fetched:
+            continue
+        event = fetched[event_id]
+        auth = _auth_map(version, event, _ref_ids(event.get("auth_events")), everything, create)
+        check_auth_with(version, event, auth, create[0])
     return order
 
 
@@ -337,6 +364,15 @@ class Handshakes:
         )
 
     # -- helpers ----------------------------------------------------------------
+
+    def _pure(self, size: int, fn: Any, *args: Any) -> defer.Deferred[Any]:
+        """``fn(*args)``, pure CPU work over ``size`` events: in the reactor's thread
+        pool when it is big and the clock is a reactor with threads (the reactor
+        stays responsive), else here and now."""
+        if size > PURE_IN_THREAD_ABOVE and IReactorThreads.providedBy(self._clock):
+            reactor = cast(IReactorThreads, self._clock)
+            return threads.deferToThreadPool(reactor, reactor.getThreadPool(), fn, *args)  # type: ignore[arg-type]
+        return defer.maybeDeferred(fn, *args)
 
     def _now_ms(self) -> int:
         return int(self._clock.seconds() * 1000)
@@ -523,8 +559,16 @@ class Handshakes:
             )
         events.update(state_events)
         try:
-            state, order = check_join_response(
-                vid, room_id, join_id, join_event, state_events, events, resp.members_omitted
+            state, order = yield self._pure(
+                len(events),
+                check_join_response,
+                vid,
+                room_id,
+                join_id,
+                join_event,
+                state_events,
+                events,
+                resp.members_omitted,
             )
         except MatrixError as e:
             raise MatrixError(
@@ -712,19 +756,9 @@ class Handshakes:
         create_rows = yield self._store.get_events([create_id])
         create = (create_id, create_rows[create_id].event)
         try:
-            order = _topological(
-                {e: everything[e] for e in fetched}
-                # Stored events were checked when stored: only order against them.
-                | {e: {**s.event, "auth_events": []} for e, s in stored.items()}
+            order = yield self._pure(
+                len(fetched), _check_fetched_state, version, fetched, stored, everything, create
             )
-            for event_id in order:
-                if event_id not in fetched:
-                    continue
-                event = fetched[event_id]
-                auth = _auth_map(
-                    version, event, _ref_ids(event.get("auth_events")), everything, create
-                )
-                check_auth_with(version, event, auth, create_id)
         except AuthError as e:
             raise MatrixError(
                 502, "M_UNKNOWN", f"{server}: state fails the auth rules: {e.msg}"

@@ -258,7 +258,7 @@ def verify_pdus(
 
     PDUs are checked ``chunk`` at a time: the keys of a chunk's signers are looked
     up once per server (``get_verify_keys``) and its signatures checked without a
-    Deferred per PDU; PDUs whose keys that did not yield go through
+    Deferred per PDU; PDUs whose keys this does not find go through
     ``keyring.verify_event``. With a ``clock`` the reactor gets a turn between
     chunks, so a big batch (a ``send_join`` answer) does not stall it; without
     one, a batch whose keys are cached is checked synchronously.
@@ -317,7 +317,7 @@ def _verify(
             else:
                 try:
                     verify_event_signatures(version.identifier, p.event, keys, p.message)
-                except MatrixError as e:
+                except Exception as e:  # a non-Matrix error is a bad signature all the same
                     results[p.index] = PduCheckResult(
                         index=p.index, event_id=p.event_id, error=_to_matrix_error(e)
                     )
