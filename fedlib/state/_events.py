@@ -24,9 +24,11 @@ StateMap = Mapping[StateKey, str]
 CREATE_KEY: StateKey = ("m.room.create", "")
 POWER_LEVELS_KEY: StateKey = ("m.room.power_levels", "")
 JOIN_RULES_KEY: StateKey = ("m.room.join_rules", "")
+_POWER_TYPES = frozenset(("m.room.power_levels", "m.room.join_rules", "m.room.create"))
 
 _get_auth_events = itemgetter("auth_events")
 _first = itemgetter(0)
+_is_str = str.__instancecheck__
 
 
 def missing_error(missing: Iterable[str]) -> StateResolutionError:
@@ -72,6 +74,7 @@ class EventGraph:
         "_keys",
         "_pl_parent",
         "_pl_users",
+        "_ts",
         "events",
         "version",
     )
@@ -84,6 +87,7 @@ class EventGraph:
         self._pl_users: dict[str, tuple[dict[str, Any], int]] = {}
         self._keys: dict[str, StateKey | None] = {}
         self._pl_parent: dict[str, str | None] = {}
+        self._ts: dict[str, int] = {}
 
     def get(self, event_id: str) -> Event:
         try:
@@ -119,12 +123,46 @@ class EventGraph:
                     if isinstance(entry, list | tuple) and entry and isinstance(entry[0], str):
                         out.append(entry[0])
             else:
-                out.extend(e for e in raw if isinstance(e, str))
+                out.extend(filter(_is_str, raw))
         if self._implicit_create and event.get("type") != "m.room.create":
             room_id = event.get("room_id")
             if isinstance(room_id, str) and room_id.startswith("!"):
                 out.append("$" + room_id[1:])
         return tuple(out)
+
+    def power_events(self, event_ids: Iterable[str]) -> list[str]:
+        """The power events among ``event_ids`` (which must all be in the map).
+
+        Each event is read once, in one go: its state key, auth links and
+        timestamp are memoised here for the sorting and checks that follow, which
+        then find them without going back to the (for a large room, cold) event.
+        """
+        events = self.events
+        keys = self._keys
+        auth = self._auth_ids
+        stamps = self._ts
+        parse = self._parse_auth_ids
+        found: list[str] = []
+        for eid in event_ids:
+            event = events[eid]
+            etype = event.get("type")
+            skey = event.get("state_key")
+            ts = event.get("origin_server_ts")
+            stamps[eid] = ts if isinstance(ts, int) else 0
+            if eid not in auth:
+                auth[eid] = parse(event)
+            if not (isinstance(etype, str) and isinstance(skey, str)):
+                keys[eid] = None
+                continue
+            keys[eid] = (etype, skey)
+            if etype == "m.room.member":
+                if event.get("sender") != skey:
+                    content = event.get("content")
+                    if isinstance(content, dict) and content.get("membership") in ("leave", "ban"):
+                        found.append(eid)
+            elif skey == "" and etype in _POWER_TYPES:
+                found.append(eid)
+        return found
 
     def walk(self, roots: Iterable[str]) -> set[str]:
         """The reflexive auth closure of ``roots``: the roots and every event
@@ -287,8 +325,13 @@ class EventGraph:
         return found
 
     def origin_server_ts(self, event_id: str) -> int:
+        try:
+            return self._ts[event_id]
+        except KeyError:
+            pass
         ts = self.get(event_id).get("origin_server_ts")
-        return ts if isinstance(ts, int) else 0
+        stamp = self._ts[event_id] = ts if isinstance(ts, int) else 0
+        return stamp
 
 
 def is_creator(create: Event, user_id: object) -> bool:

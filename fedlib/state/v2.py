@@ -32,7 +32,6 @@ from fedlib.errors import AuthError, StateResolutionError
 from fedlib.events.room_versions import RoomVersion, StateResAlgorithm
 from fedlib.state._events import (
     CREATE_KEY,
-    JOIN_RULES_KEY,
     POWER_LEVELS_KEY,
     Event,
     EventGraph,
@@ -108,7 +107,7 @@ def resolve_v2(
     full_conflicted |= conflicted_events
 
     # Step 1: power events and their auth ancestors inside the full conflicted set.
-    power_events = [eid for eid in full_conflicted if _is_power_event(graph, eid)]
+    power_events = graph.power_events(full_conflicted)
     sorted_power = _reverse_topological_power_sort(graph, power_events, full_conflicted)
 
     # Step 2. v2 starts from the unconflicted state, v2.1 from nothing; the
@@ -202,20 +201,6 @@ def _conflicted_subgraph(graph: EventGraph, closure: set[str], conflicted: set[s
     return found & closure
 
 
-def _is_power_event(graph: EventGraph, event_id: str) -> bool:
-    key = graph.key_of(event_id)
-    if key is None:
-        return False
-    if key in (POWER_LEVELS_KEY, JOIN_RULES_KEY, CREATE_KEY):
-        return True
-    if key[0] == "m.room.member":
-        event = graph.events[event_id]
-        content = event.get("content")
-        membership = content.get("membership") if isinstance(content, dict) else None
-        return membership in ("leave", "ban") and event.get("sender") != key[1]
-    return False
-
-
 def _reverse_topological_power_sort(
     graph: EventGraph, power_events: Iterable[str], full_conflicted: set[str]
 ) -> list[str]:
@@ -272,7 +257,7 @@ def _iterative_auth_checks(
     version = graph.version
     key_of = graph.key_of
     events = graph.events
-    get = graph.get
+    events_get = events.get
     overlay_get = overlay.get
     base_get = base.get
     v12 = version.room_id_is_create_hash
@@ -285,8 +270,6 @@ def _iterative_auth_checks(
             overlay[key] = eid
             continue
         event = events[eid]
-        # The create event's ID goes along with it: the rules check the v12 room
-        # ID against it, and the ID is the key the event came under.
         wanted = auth_types_with(version, event)
         if v12:
             # v12's selection leaves the create event out (events do not list
@@ -294,16 +277,21 @@ def _iterative_auth_checks(
             # the implicit link, as for any other auth type.
             wanted.add(CREATE_KEY)
         auth_events: dict[StateKey, Event] = {}
-        create_id: str | None = None
         lacking = False
         for akey in wanted:
             current = overlay_get(akey) or base_get(akey)
-            if current is not None:
-                auth_events[akey] = get(current)
-                if akey == CREATE_KEY:
-                    create_id = current
-            else:
+            if current is None:
                 lacking = True
+                continue
+            auth_event = events_get(current)
+            if auth_event is None:
+                raise missing_error([current])
+            auth_events[akey] = auth_event
+        # The create event's ID goes along with it: the rules check the v12 room
+        # ID against it, and the ID is the key the event came under.
+        create_id: str | None = None
+        if CREATE_KEY in auth_events:
+            create_id = overlay_get(CREATE_KEY) or base_get(CREATE_KEY)
         if lacking:
             auth_events, create_id = _with_own_auth_events(graph, eid, auth_events, create_id)
         try:
@@ -369,6 +357,17 @@ def _mainline_sort(graph: EventGraph, event_ids: list[str], pl_id: str | None) -
                 depth_of[w] = depth
         return depth
 
-    keyed = [(mainline_depth(eid), graph.origin_server_ts(eid), eid) for eid in event_ids]
+    parent = graph.power_levels_auth_event
+    stamp = graph.origin_server_ts
+    keyed = []
+    for eid in event_ids:
+        # Most events hang directly off a mainline (or already seen) power
+        # levels event; the memo is only a shortcut, so skipping it is harmless.
+        depth = depth_of.get(eid)
+        if depth is None:
+            depth = depth_of.get(parent(eid))  # type: ignore[arg-type]
+        if depth is None:
+            depth = mainline_depth(eid)
+        keyed.append((depth, stamp(eid), eid))
     keyed.sort()
     return [k[2] for k in keyed]
