@@ -51,19 +51,8 @@ class SendTransactionIds(unittest.TestCase):
         self.assertNotEqual(in_a, in_b)
         self.assertIn("to b", self.bodies(room_b))
 
-    test_same_txn_id_in_another_room_is_another_request.todo = (  # type: ignore[attr-defined]
-        "client-server API, Transaction identifiers: a txnId is scoped to the device and the "
-        "endpoint path (which includes roomId and eventType); fedlib's client API keys sends "
-        "on (token, txnId) only, so a send to room B reusing a txnId used in room A returns "
-        "room A's event ID and nothing is sent to B (nor federated)"
-    )
-
     def test_same_txn_id_other_event_type_is_another_request(self) -> None:
         room = self.room()
         first = self.send(room, "typed-txn", "message")
         other = self.send(room, "typed-txn", "custom", event_type="org.example.custom")
         self.assertNotEqual(first, other)
-
-    test_same_txn_id_other_event_type_is_another_request.todo = (  # type: ignore[attr-defined]
-        test_same_txn_id_in_another_room_is_another_request.todo  # type: ignore[attr-defined]
-    )

@@ -240,6 +240,22 @@ class Rooms(ClientTestCase):
         self.assertEqual((yield self.messages(room)), ["once", "once"])
 
     @defer.inlineCallbacks
+    def test_send_txn_id_scoped_to_endpoint(self) -> Any:
+        room_a = yield self.create()
+        room_b = yield self.create()
+        body = {"msgtype": "m.text", "body": "x"}
+        in_a = yield self.ok("PUT", f"rooms/{q(room_a)}/send/m.room.message/t", body, token=self.at)
+        in_b = yield self.ok("PUT", f"rooms/{q(room_b)}/send/m.room.message/t", body, token=self.at)
+        typed = yield self.ok("PUT", f"rooms/{q(room_a)}/send/org.example.x/t", body, token=self.at)
+        ids = {in_a["event_id"], in_b["event_id"], typed["event_id"]}
+        self.assertEqual(len(ids), 3)
+        self.assertEqual((yield self.messages(room_b)), ["x"])
+        again = yield self.ok(
+            "PUT", f"rooms/{q(room_b)}/send/m.room.message/t", body, token=self.at
+        )
+        self.assertEqual(again["event_id"], in_b["event_id"])
+
+    @defer.inlineCallbacks
     def test_send_refusals_store_nothing(self) -> Any:
         room = yield self.create()
         before = yield self.room_snapshot(room)

@@ -118,8 +118,9 @@ class ClientAPI:
         self.max_body = max_body
         #: Failed logins and registrations per client address.
         self.login_limiter = RateLimiter(self.clock, rate=0.5, burst=10)
-        #: Sends in flight per (token, txnId): a retry waits for the first attempt.
-        self._txns_in_flight: dict[tuple[str, str], list[defer.Deferred[str]]] = {}
+        #: Sends in flight per (token, endpoint, txnId): a retry waits for the
+        #: first attempt.
+        self._txns_in_flight: dict[tuple[str, str, str], list[defer.Deferred[str]]] = {}
 
     # -- identity --------------------------------------------------------------------
 
@@ -492,9 +493,13 @@ class ClientAPI:
     async def send(self, call: Call) -> Any:
         content = call.json()
         room_id, txn_id = call.params["roomId"], call.params["txnId"]
+        event_type = call.params["eventType"]
         token = call.token_hash
         assert token is not None
-        key = (token, txn_id)
+        # The spec scopes a transaction ID to the device (here its access token)
+        # and the endpoint path, which names the room and the event type.
+        scope = f"send/{room_id}/{event_type}"
+        key = (token, scope, txn_id)
         # Claimed before any await, so that a retry arriving at any moment either
         # waits for this attempt or finds its stored result.
         running = self._txns_in_flight.get(key)
@@ -505,15 +510,13 @@ class ClientAPI:
         waiters: list[defer.Deferred[str]] = []
         self._txns_in_flight[key] = waiters
         try:
-            earlier = await self.store.get_txn(token, txn_id)
+            earlier = await self.store.get_txn(token, txn_id, scope)
             if earlier is not None:
                 event_id: str = earlier
             else:
                 await self._require_joined(room_id, call.user_id)
-                event_id = await self.fed.send_event(
-                    room_id, call.user_id, call.params["eventType"], content
-                )
-                await self.store.store_txn(token, txn_id, event_id)
+                event_id = await self.fed.send_event(room_id, call.user_id, event_type, content)
+                await self.store.store_txn(token, txn_id, event_id, scope)
         except Exception as e:
             for w in waiters:
                 w.errback(e)

@@ -113,10 +113,15 @@ class IClientStore(Interface):
 
     # -- idempotent sends and filters -------------------------------------------
 
-    def get_txn(token_hash: str, txn_id: str) -> Any:
-        """Deferred[str | None]: the event ID an earlier send with this ID gave."""
+    def get_txn(token_hash: str, txn_id: str, scope: str = "") -> Any:
+        """Deferred[str | None]: the event ID an earlier send with this ID gave.
 
-    def store_txn(token_hash: str, txn_id: str, event_id: str) -> Any:
+        A transaction ID is scoped to the access token and to the endpoint it was
+        used on: ``scope`` names that endpoint (the client API passes
+        ``send/{roomId}/{eventType}``), so the same ID on another path is another
+        request."""
+
+    def store_txn(token_hash: str, txn_id: str, event_id: str, scope: str = "") -> Any:
         """Deferred[None]."""
 
     def add_filter(user_id: str, filter_json: Mapping[str, Any]) -> Any:
@@ -181,8 +186,8 @@ CREATE TABLE IF NOT EXISTS sessions (
     token_hash TEXT PRIMARY KEY, user_id TEXT NOT NULL, device_id TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS sessions_user ON sessions (user_id);
 CREATE TABLE IF NOT EXISTS txns (
-    token_hash TEXT NOT NULL, txn_id TEXT NOT NULL, event_id TEXT NOT NULL,
-    PRIMARY KEY (token_hash, txn_id));
+    token_hash TEXT NOT NULL, scope TEXT NOT NULL, txn_id TEXT NOT NULL,
+    event_id TEXT NOT NULL, PRIMARY KEY (token_hash, scope, txn_id));
 CREATE TABLE IF NOT EXISTS filters (
     filter_id INTEGER PRIMARY KEY AUTOINCREMENT, user_id TEXT NOT NULL,
     filter_json TEXT NOT NULL);
@@ -199,6 +204,61 @@ CREATE INDEX IF NOT EXISTS memberships_user ON memberships (user_id);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
+#: The schema's version, kept in SQLite's ``user_version``. A file without one
+#: (version 0) is from before versioning and is brought up to date by
+#: :data:`_MIGRATIONS` when opened; a newer file is refused.
+SCHEMA_VERSION = 1
+
+#: ``_MIGRATIONS[n]`` takes a file from version ``n`` to ``n + 1``.
+_MIGRATIONS: dict[int, str] = {
+    # Transaction IDs scoped to the endpoint as well as the token. Earlier rows
+    # did not record their endpoint: they keep the empty scope, which no send
+    # uses, so a retry across the upgrade is a new request.
+    0: """
+    ALTER TABLE txns RENAME TO txns_v0;
+    CREATE TABLE txns (
+        token_hash TEXT NOT NULL, scope TEXT NOT NULL, txn_id TEXT NOT NULL,
+        event_id TEXT NOT NULL, PRIMARY KEY (token_hash, scope, txn_id));
+    INSERT INTO txns SELECT token_hash, '', txn_id, event_id FROM txns_v0;
+    DROP TABLE txns_v0;
+    """,
+}
+
+
+class SchemaError(Exception):
+    """The client store's file is from a newer fedlib."""
+
+
+def _upgrade(conn: sqlite3.Connection) -> None:
+    """Create the schema in a new file, or migrate an older one, in one transaction."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+        if version > SCHEMA_VERSION:
+            raise SchemaError(
+                f"client store schema version {version} is newer than this fedlib "
+                f"supports ({SCHEMA_VERSION})"
+            )
+        fresh = (
+            conn.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'accounts'"
+            ).fetchone()
+            is None
+        )
+        if not fresh:
+            for step in range(version, SCHEMA_VERSION):
+                for statement in _MIGRATIONS[step].split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+        for statement in _SCHEMA.split(";"):
+            if statement.strip():
+                conn.execute(statement)
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
 
 @implementer(IClientStore)
 class SQLiteClientStore:
@@ -214,6 +274,14 @@ class SQLiteClientStore:
 
             reactor = global_reactor
         self._reactor = reactor
+        self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        try:
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            # Before the pool starts: a file that cannot be used leaves no thread.
+            _upgrade(self._conn)
+        except BaseException:
+            self._conn.close()
+            raise
         self._pool = ThreadPool(minthreads=1, maxthreads=1, name="fedlib-clientapi-db")
         self._pool.start()
         # Like the reactor's own pool: stopped at shutdown even when close() was
@@ -222,9 +290,6 @@ class SQLiteClientStore:
             "during", "shutdown", self._pool.stop
         )
         self._lock = threading.Lock()
-        self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.executescript(_SCHEMA)
         self._closed = False
 
     def _run(self, fn: Callable[[sqlite3.Connection], T]) -> defer.Deferred[T]:
@@ -353,19 +418,25 @@ class SQLiteClientStore:
 
     # -- txns and filters -------------------------------------------------------------
 
-    def get_txn(self, token_hash: str, txn_id: str) -> defer.Deferred[str | None]:
+    def get_txn(self, token_hash: str, txn_id: str, scope: str = "") -> defer.Deferred[str | None]:
         def q(c: sqlite3.Connection) -> str | None:
             row = c.execute(
-                "SELECT event_id FROM txns WHERE token_hash = ? AND txn_id = ?",
-                (token_hash, txn_id),
+                "SELECT event_id FROM txns WHERE token_hash = ? AND scope = ? AND txn_id = ?",
+                (token_hash, scope, txn_id),
             ).fetchone()
             return str(row[0]) if row else None
 
         return self._run(q)
 
-    def store_txn(self, token_hash: str, txn_id: str, event_id: str) -> defer.Deferred[None]:
+    def store_txn(
+        self, token_hash: str, txn_id: str, event_id: str, scope: str = ""
+    ) -> defer.Deferred[None]:
         def q(c: sqlite3.Connection) -> None:
-            c.execute("INSERT OR IGNORE INTO txns VALUES (?, ?, ?)", (token_hash, txn_id, event_id))
+            c.execute(
+                "INSERT OR IGNORE INTO txns (token_hash, scope, txn_id, event_id) "
+                "VALUES (?, ?, ?, ?)",
+                (token_hash, scope, txn_id, event_id),
+            )
 
         return self._run(q)
 
