@@ -71,6 +71,13 @@ def _parse_int(text: str) -> int:
     return value
 
 
+def _parse_any_int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:  # more digits than Python converts
+        raise BadJsonError(f"Integer too long: {text[:20]}...") from None
+
+
 def _reject_constant(name: str) -> Any:
     raise BadJsonError(f"{name} is not valid JSON")
 
@@ -91,6 +98,13 @@ _STRICT_DECODER = json.JSONDecoder(
 )
 _LENIENT_DECODER = json.JSONDecoder(
     parse_int=_parse_int, parse_constant=_reject_constant, parse_float=_lenient_float
+)
+# Without the integer-range rule: for bodies whose parts are checked one by one.
+_STRICT_DECODER_ANY_INT = json.JSONDecoder(
+    parse_int=_parse_any_int, parse_constant=_reject_constant, parse_float=_reject_float
+)
+_LENIENT_DECODER_ANY_INT = json.JSONDecoder(
+    parse_int=_parse_any_int, parse_constant=_reject_constant, parse_float=_lenient_float
 )
 
 
@@ -127,7 +141,11 @@ def _has_lone_surrogate(value: Any) -> bool:
 
 
 def decode_json(
-    data: bytes | str, *, room_version: str | None = None, max_depth: int = MAX_DEPTH
+    data: bytes | str,
+    *,
+    room_version: str | None = None,
+    max_depth: int = MAX_DEPTH,
+    strict_ints: bool = True,
 ) -> Any:
     """Parse JSON from the network, strictly.
 
@@ -136,6 +154,10 @@ def decode_json(
     invalid UTF-8, ``NaN``/``Infinity``, integers outside the canonical range,
     lone UTF-16 surrogates, nesting deeper than ``max_depth``, and floats when
     ``room_version`` names a version that requires strict canonical JSON (v6+).
+
+    With ``strict_ints=False`` integers of any size are accepted (up to Python's
+    digit limit for int conversion, beyond which the error is ``M_BAD_JSON``):
+    for bodies such as a transaction whose parts are checked separately.
     """
     strict_floats = False
     if room_version is not None:
@@ -154,7 +176,10 @@ def decode_json(
                 text.encode("utf-8")
             except UnicodeEncodeError:
                 raise BadJsonError("JSON contains a lone UTF-16 surrogate") from None
-    decoder = _STRICT_DECODER if strict_floats else _LENIENT_DECODER
+    if strict_ints:
+        decoder = _STRICT_DECODER if strict_floats else _LENIENT_DECODER
+    else:
+        decoder = _STRICT_DECODER_ANY_INT if strict_floats else _LENIENT_DECODER_ANY_INT
     try:
         value = decoder.decode(text)
     except BadJsonError:
@@ -169,3 +194,4 @@ def decode_json(
     if ("\\ud" in text or "\\uD" in text) and _has_lone_surrogate(value):
         raise BadJsonError("JSON contains a lone UTF-16 surrogate")
     return value
+

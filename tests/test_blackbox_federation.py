@@ -534,21 +534,10 @@ class Transactions(BlackBoxCase):
         self.assertEqual(pdus.get(good_id), {})
         self.assertIsInstance(pdus.get(bad_id, {}).get("error"), str)
 
-    test_out_of_range_integer_rejected_per_pdu.todo = (  # type: ignore[attr-defined]
-        "transactions.yaml PUT /send 200 ('use this response even in the event of one or more "
-        "PDUs failing'): one PDU with an integer beyond 2**53-1 makes fedlib answer 400 "
-        "M_BAD_JSON for the whole transaction, dropping the valid PDUs in it"
-    )
-
     def test_large_integer_in_edu_accepted(self) -> None:
         edu = {"edu_type": "org.example.blackbox", "content": {"n": 2**60}}
         r = self.send([], [edu])
         self.assertEqual(r.code, 200, r)
-
-    test_large_integer_in_edu_accepted.todo = (  # type: ignore[attr-defined]
-        "transactions.yaml / definitions/edu.yaml: EDU content is arbitrary JSON with no "
-        "integer-range rule, yet fedlib answers 400 M_BAD_JSON for the whole transaction"
-    )
 
 
 class RoomLifecycle(BlackBoxCase):

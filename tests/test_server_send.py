@@ -286,16 +286,31 @@ class AdversarialSendTests(SendTestBase):
         self.assert_unchanged(before)
 
     def test_integer_out_of_range(self) -> None:
-        _eid, ev = self.message()
+        # transactions.yaml: per-PDU errors, the transaction itself answered 200.
+        good_id, good = self.message()
+        eid, ev = self.rb.make("m.room.message", BOB, {"body": "x", "n": 2**53})
+        before = self.h.snapshot()
+        r = self.send([ev])
+        self.assertEqual(r.code, 200)
+        self.assertIn("error", r.json["pdus"][eid])
+        self.assert_unchanged(before)
+        r = self.send([good])
+        self.assertEqual(r.json["pdus"], {good_id: {}})
+
+    def test_integer_out_of_range_in_edu_accepted(self) -> None:
+        r = self.send([], [{"edu_type": "org.example", "content": {"n": -(2**60)}}])
+        self.assertEqual(r.code, 200)
+
+    def test_integer_beyond_digit_limit(self) -> None:
         from fedlib.canonical import encode_canonical_json
 
-        body = encode_canonical_json({"origin": "remote.test", "pdus": [ev]}).replace(
-            b'"body":"hi"', b'"body":"hi","n":9007199254740993'
+        body = encode_canonical_json({"origin": "remote.test", "pdus": []}).replace(
+            b'"pdus":[]', b'"pdus":[],"n":' + b"9" * 20_000
         )
         before = self.h.snapshot()
         r = self.h.request(
             "PUT",
-            "/_matrix/federation/v1/send/big",
+            "/_matrix/federation/v1/send/huge",
             body=body,
             auth_header='X-Matrix origin=remote.test,key="ed25519:r1",sig="x"',
         )

@@ -52,6 +52,9 @@ class Route:
     #: Name of the path parameter holding a room ID: the endpoint is room-scoped
     #: and subject to the room's server ACL.
     room_param: str | None = None
+    #: Whether the body parser enforces the canonical integer range. A handler
+    #: that turns this off checks the parts of the body that need it itself.
+    strict_ints: bool = True
 
     @property
     def segments(self) -> tuple[str, ...]:
@@ -173,7 +176,7 @@ class FederationResource(Resource):
         body = self._read_body(request)
         content: Any = None
         if body:
-            content = decode_json(body)
+            content = decode_json(body, strict_ints=route.strict_ints)
         elif method in ("PUT", "POST") and route.authenticated:
             content = None
         query = _parse_query(request.uri)

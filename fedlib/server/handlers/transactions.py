@@ -9,6 +9,7 @@ from typing import Any
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from fedlib.canonical import MAX_INT, MIN_INT
 from fedlib.errors import BadJsonError, MatrixError
 from fedlib.events.hashing import event_id_with
 from fedlib.events.room_versions import DEFAULT_ROOM_VERSION, KNOWN_ROOM_VERSIONS
@@ -97,8 +98,10 @@ class _TransactionHandler:
         if body_origin is not None and body_origin != origin:
             raise bad_json("Transaction origin does not match the request's origin")
         ts = body.get("origin_server_ts")
-        if ts is not None and (not isinstance(ts, int) or isinstance(ts, bool)):
-            raise bad_json("origin_server_ts must be an integer")
+        if ts is not None and (
+            not isinstance(ts, int) or isinstance(ts, bool) or not MIN_INT <= ts <= MAX_INT
+        ):
+            raise bad_json("origin_server_ts must be an integer in the canonical JSON range")
 
         if origin in self.in_flight:
             # One transaction in flight per origin: a sender that is waiting for
@@ -244,4 +247,8 @@ class _TransactionHandler:
 
 def routes(ctx: ServerContext) -> list[Route]:
     handler = _TransactionHandler(ctx)
-    return [Route("PUT", "/_matrix/federation/v1/send/{txnId}", handler.send)]
+    # Parsed without the integer-range rule: it applies per PDU (in _room), so one
+    # bad PDU fails alone, and not at all to EDUs.
+    return [
+        Route("PUT", "/_matrix/federation/v1/send/{txnId}", handler.send, strict_ints=False)
+    ]
