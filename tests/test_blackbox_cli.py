@@ -209,9 +209,3 @@ class Logging(unittest.TestCase):
             and ("#info]" in line or "#debug]" in line)
         ]
         self.assertEqual(chatty, [])
-
-    test_log_level_from_config_applies_to_fedlib_messages.todo = (  # type: ignore[attr-defined]
-        "docs/configuration.rst log_level: with log_level: error, fedlib's own info "
-        "messages (fedlib.service 'Federation listener on ...', the plugin's 'fedlib "
-        "serving ...') are still logged: the level is set only on the stdlib 'fedlib' logger"
-    )

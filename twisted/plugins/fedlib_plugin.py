@@ -194,6 +194,46 @@ class _ForwardToTwisted(logging.Handler):
             logger.debug("{msg}", msg=msg)
 
 
+#: The log namespaces ``log_level`` applies to: fedlib's modules and this plugin.
+FEDLIB_NAMESPACES = ("fedlib", "twisted.plugins.fedlib_plugin")
+
+
+class _LevelFilter:
+    """Applies ``log_level`` to fedlib's own messages in twistd's log.
+
+    twistd has already begun logging to its observers (file or stdout) when the
+    service starts; each is wrapped in a :class:`twisted.logger.FilteringLogObserver`
+    whose :class:`~twisted.logger.LogLevelFilterPredicate` drops events of fedlib's
+    namespaces below the level and lets everything else through unchanged.
+    :meth:`remove` puts the original observers back."""
+
+    def __init__(self, level: str) -> None:
+        from twisted.logger import LogLevel, LogLevelFilterPredicate
+
+        self.predicate = LogLevelFilterPredicate(defaultLogLevel=LogLevel.debug)
+        wanted = LogLevel.levelWithName("warn" if level == "warning" else level)
+        for namespace in FEDLIB_NAMESPACES:
+            self.predicate.setLogLevelForNamespace(namespace, wanted)
+        self._wrapped: list[tuple[Any, Any]] = []
+
+    def install(self, publisher: Any = None) -> None:
+        from twisted.logger import FilteringLogObserver, globalLogPublisher
+
+        self.publisher = publisher if publisher is not None else globalLogPublisher
+        # LogPublisher has no public list of its observers.
+        for observer in list(getattr(self.publisher, "_observers", ())):
+            wrapper = FilteringLogObserver(observer, [self.predicate])
+            self.publisher.removeObserver(observer)
+            self.publisher.addObserver(wrapper)
+            self._wrapped.append((observer, wrapper))
+
+    def remove(self) -> None:
+        wrapped, self._wrapped = self._wrapped, []
+        for observer, wrapper in wrapped:
+            self.publisher.removeObserver(wrapper)
+            self.publisher.addObserver(observer)
+
+
 class StandaloneService(MultiService):
     """Opens the store, then runs a :class:`fedlib.service.FederationService`."""
 
@@ -203,6 +243,7 @@ class StandaloneService(MultiService):
         self.federation: Any = None
         self.client_api: Any = None
         self._starting: Any = None
+        self._log_filter: _LevelFilter | None = None
 
     def startService(self) -> None:
         from twisted.internet import defer, reactor
@@ -210,6 +251,9 @@ class StandaloneService(MultiService):
 
         log = Logger()
         level = self.prepared["log_level"]
+        if self._log_filter is None:
+            self._log_filter = _LevelFilter(level)
+            self._log_filter.install()
         fedlib_logger = logging.getLogger("fedlib")
         fedlib_logger.setLevel(logging.WARNING if level == "warn" else level.upper())
         if not any(isinstance(h, _ForwardToTwisted) for h in fedlib_logger.handlers):
@@ -273,6 +317,14 @@ class StandaloneService(MultiService):
             # After the federation service: its hooks write to the client store.
             client_api = self.client_api
             d.addBoth(lambda _: client_api.stop())
+        log_filter, self._log_filter = self._log_filter, None
+        if log_filter is not None:
+
+            def unfilter(result: Any) -> Any:
+                log_filter.remove()
+                return result
+
+            d.addBoth(unfilter)
         return d
 
 
