@@ -908,12 +908,6 @@ class OutboundTransactions(BlackBoxCase):
         self.assertEqual(first[2]["pdus"], second[2]["pdus"])
         self.assertEqual(first[0], second[0], "the retry of a failed transaction has a new txnId")
 
-    test_failed_transaction_retried_with_same_txn_id.todo = (  # type: ignore[attr-defined]
-        "transactions.yaml PUT /send/{txnId}: 'The sending server must wait and retry for a "
-        "200 OK response before sending a transaction with a different txnId'; after a 500, "
-        "fedlib resends the same PDUs under a new txnId, so the receiver cannot deduplicate"
-    )
-
     def test_backlog_split_into_transactions_of_at_most_50_pdus(self) -> None:
         room, token = self.new_room("10")
         self.join(room, "10")

@@ -259,6 +259,24 @@ class BackoffTests(SenderTestBase):
         self.assertIsNone(_result(self.store.get_destination_retry("remote")))
         self.assertEqual(_result(self.store.get_destinations_with_pending()), set())
 
+    def test_failed_transaction_retried_with_same_txn_id(self) -> None:
+        # transactions.yaml: retry the same transaction until 200 before another txnId.
+        sender = self.make_sender()
+        self.transport.mode = "fail"
+        _result(sender.send_pdu(self.event(), ["remote"]))
+        _result(sender.send_edu("remote", "m.typing", {"n": 1}))
+        first = self.transport.calls[-1]
+        # Queued after the failure: not part of the retried transaction.
+        _result(sender.send_pdu(self.event(), ["remote"]))
+        self.transport.mode = "ok"
+        self.clock.advance(10)
+        retry = self.transport.delivered[0]
+        self.assertEqual(retry[1], first[1])
+        self.assertEqual(retry[2], first[2])
+        self.assertEqual(len(self.transport.delivered), 2)
+        self.assertNotEqual(self.transport.delivered[1][1], first[1])
+        self.assertEqual(_result(self.store.get_destinations_with_pending()), set())
+
     def test_timeout_counts_as_failure(self) -> None:
         sender = self.make_sender(txn_timeout=30.0)
         self.transport.mode = "hang"

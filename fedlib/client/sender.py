@@ -51,6 +51,20 @@ log = logging.getLogger(__name__)
 MAX_PDUS_PER_TXN = 50
 MAX_EDUS_PER_TXN = 100
 
+#: Failed transactions remembered for a retry under the same txnId (IDs only).
+_MAX_PENDING_TXNS = 10_000
+
+
+@attrs.frozen(slots=True)
+class _PendingTxn:
+    """A transaction whose send failed: what its retry must repeat."""
+
+    txn_id: str
+    origin_server_ts: int
+    pdu_positions: frozenset[int]
+    edu_positions: frozenset[int]
+    max_stream_ordering: int | None
+
 
 class ITransactionTransport(Interface):
     """Delivers one transaction (``PUT /_matrix/federation/v1/send/{txnId}``)."""
@@ -152,6 +166,11 @@ class TransactionSender:
         self._running = False
         #: Deferreds of :meth:`wait_idle` callers, fired when no loop runs.
         self._idle_waiters: list[defer.Deferred[bool]] = []
+        #: destination -> the transaction whose send failed, to be retried under the
+        #: same txnId with the same contents (transactions.yaml: retry until 200
+        #: before using another txnId). IDs only, and at most
+        #: ``_MAX_PENDING_TXNS`` destinations (least recently failed dropped).
+        self._pending: OrderedDict[str, _PendingTxn] = OrderedDict()
 
     # -- public API ------------------------------------------------------------
 
@@ -361,6 +380,26 @@ class TransactionSender:
         # keeps them unique across restarts even with a clock that went backwards.
         return f"{self._now_ms()}.{next(self._counter)}.{secrets.token_hex(4)}"
 
+    def _same_transaction(
+        self, destination: str, batch: OutboundBatch
+    ) -> tuple[OutboundBatch, _PendingTxn | None]:
+        """``batch`` cut down to the failed transaction being retried, with its
+        record; ``batch`` and ``None`` when there is none or its items are no
+        longer all queued (collapsed for catch-up, or delivered by another
+        instance): then the contents differ and a new txnId is right."""
+        pending = self._pending.pop(destination, None)
+        if pending is None:
+            return batch, None
+        pdus = tuple(p for p in batch.pdus if p.position in pending.pdu_positions)
+        edus = tuple(e for e in batch.edus if e.position in pending.edu_positions)
+        if len(pdus) != len(pending.pdu_positions) or len(edus) != len(pending.edu_positions):
+            return batch, None
+        if len(pdus) == len(batch.pdus) and len(edus) == len(batch.edus):
+            return batch, pending
+        return attrs.evolve(
+            batch, pdus=pdus, edus=edus, max_stream_ordering=pending.max_stream_ordering
+        ), pending
+
     @defer.inlineCallbacks
     def _run(self, destination: str) -> Any:
         """Send batches to ``destination`` until its queue is empty or a send fails."""
@@ -387,7 +426,8 @@ class TransactionSender:
             )
             if batch is None:
                 return
-            ok = yield self._send_batch(destination, batch)
+            batch, pending = self._same_transaction(destination, batch)
+            ok = yield self._send_batch(destination, batch, pending)
             if not ok:
                 interval = self._next_interval_ms(retry.retry_interval_ms if retry else None)
                 now_ms = self._now_ms()
@@ -400,19 +440,24 @@ class TransactionSender:
                 yield store.reset_destination_retry(destination)
 
     @defer.inlineCallbacks
-    def _send_batch(self, destination: str, batch: OutboundBatch) -> Any:
+    def _send_batch(
+        self, destination: str, batch: OutboundBatch, pending: _PendingTxn | None = None
+    ) -> Any:
         stored = yield self._store.get_events(batch.event_ids)
         # An event missing from the store (purged) cannot be sent; drop it with the batch.
         pdus = [dict(stored[e].event) for e in batch.event_ids if e in stored]
         for pdu in pdus:
             pdu.pop("unsigned", None)
+        if pending is not None:
+            txn_id, ts = pending.txn_id, pending.origin_server_ts
+        else:
+            txn_id, ts = self._new_txn_id(), self._now_ms()
         transaction = {
             "origin": self.server_name,
-            "origin_server_ts": self._now_ms(),
+            "origin_server_ts": ts,
             "pdus": pdus,
             "edus": [dict(e.edu) for e in batch.edus],
         }
-        txn_id = self._new_txn_id()
         try:
             d = defer.maybeDeferred(
                 self._transport.send_transaction, destination, txn_id, transaction
@@ -422,6 +467,15 @@ class TransactionSender:
         except Exception as e:
             reason = e.msg if isinstance(e, MatrixError) else repr(e)
             log.info("Transaction %s to %s failed: %s", txn_id, destination, reason)
+            self._pending[destination] = _PendingTxn(
+                txn_id,
+                ts,
+                frozenset(p.position for p in batch.pdus),
+                frozenset(e.position for e in batch.edus),
+                batch.max_stream_ordering,
+            )
+            while len(self._pending) > _MAX_PENDING_TXNS:
+                self._pending.popitem(last=False)
             return False
         results = response.get("pdus") if isinstance(response, dict) else None
         if isinstance(results, dict):
