@@ -816,12 +816,6 @@ class Invites(BlackBoxCase):
             self.assertEqual(r.code, 400, (name, r))
             self.assertEqual(r.errcode, "M_INVALID_PARAM", (name, r))
 
-    test_invalid_invites_are_invalid_param.todo = (  # type: ignore[attr-defined]
-        "invites-v2.yaml PUT /v2/invite: servers SHOULD return M_INVALID_PARAM for a non-invite "
-        "event, a failed signature check, a non-local state_key; fedlib answers 400 M_BAD_JSON, "
-        "or 403 M_FORBIDDEN for a bad signature"
-    )
-
 
 class OutboundTransactions(BlackBoxCase):
     """What the fedlib process sends: transactions.yaml and "Request Authentication"
@@ -1210,15 +1204,6 @@ class MembershipValidation(BlackBoxCase):
 
     def test_send_knock(self) -> None:
         self.check(f"{F1}/send_knock", "knock", knock=True)
-
-
-for _name in ("test_send_join", "test_send_leave", "test_send_knock"):
-    getattr(MembershipValidation, _name).todo = (
-        "joins-v2.yaml / leaving-v2.yaml / knocks.yaml: servers SHOULD return 400 "
-        "M_INVALID_PARAM for a bad signature, a non-member type, the wrong membership, a "
-        "sender not of the origin or a state_key other than the sender; fedlib answers "
-        "400 M_BAD_JSON or 403 M_FORBIDDEN"
-    )
 
 
 class Identifiers(BlackBoxCase):

@@ -22,7 +22,7 @@ from fedlib.events.room_versions import (
 from fedlib.rooms.local import INVITE_STATE_TYPES
 from fedlib.rooms.verify import verify_pdus
 from fedlib.server.context import ServerContext
-from fedlib.server.errors import bad_json, forbidden, not_found
+from fedlib.server.errors import bad_json, forbidden, invalid_param, not_found
 from fedlib.server.handlers.transactions import get_pipeline
 from fedlib.server.pdu_json import check_pdu_json
 from fedlib.server.request import FederationRequest
@@ -240,13 +240,14 @@ class _Membership:
         event = request.json_object()
         check_pdu_json(room_version, event)
         await self._require_full_state(room_id)
+        # joins-v2.yaml, leaving-v2.yaml, knocks.yaml: M_INVALID_PARAM for these.
         if event.get("type") != "m.room.member" or _content(event).get("membership") != membership:
-            raise bad_json(f"Event is not a {membership} membership event")
+            raise invalid_param(f"Event is not a {membership} membership event")
         sender = event.get("sender")
-        if not isinstance(sender, str) or event.get("state_key") != sender:
-            raise bad_json("state_key must be the sender")
-        if _server_of(sender) != origin:
-            raise forbidden("The event's sender does not belong to the requesting server")
+        if not isinstance(sender, str) or _server_of(sender) != origin:
+            raise invalid_param("The event's sender does not belong to the requesting server")
+        if event.get("state_key") != sender:
+            raise invalid_param("state_key must be the sender")
         if event.get("room_id") != room_id:
             raise bad_json("Event is for another room")
         event_id = event_id_with(version, dict(event))
@@ -271,7 +272,7 @@ class _Membership:
         if checked.error is not None or checked.event is None:
             err = checked.error
             if isinstance(err, SignatureError) or err is None:
-                raise forbidden(f"Event signature check failed: {err.msg if err else ''}")
+                raise invalid_param(f"Event signature check failed: {err.msg if err else ''}")
             raise MatrixError(400, err.errcode, err.msg)
         if checked.redacted:
             raise bad_json("Event content hash does not match")
@@ -397,22 +398,23 @@ class _Membership:
         if not isinstance(invite_state, list) or not all(isinstance(s, dict) for s in invite_state):
             raise bad_json("invite_room_state must be a list of objects")
         check_pdu_json(room_version, event)
+        # invites-v2.yaml: M_INVALID_PARAM for these.
         if event.get("type") != "m.room.member" or _content(event).get("membership") != "invite":
-            raise bad_json("Event is not an invite")
+            raise invalid_param("Event is not an invite")
         if event.get("room_id") != room_id:
-            raise bad_json("Event is for another room")
+            raise invalid_param("Event is for another room")
         invitee = event.get("state_key")
         if not isinstance(invitee, str) or _server_of(invitee) != ctx.server_name:
-            raise bad_json("The invited user is not on this server")
+            raise invalid_param("The invited user is not on this server")
         sender = event.get("sender")
         if not isinstance(sender, str) or _server_of(sender) != origin:
-            raise forbidden("The inviter does not belong to the requesting server")
+            raise invalid_param("The inviter does not belong to the requesting server")
         event_id = event_id_with(version, dict(event))
         if event_id != request.param("eventId"):
             raise bad_json("Event ID does not match the path")
         (checked,) = await verify_pdus(ctx.keyring, room_version, [event], room_id=room_id)
         if checked.error is not None or checked.event is None or checked.redacted:
-            raise forbidden("Invite event failed signature or hash checks")
+            raise invalid_param("Invite event failed signature or hash checks")
         if not await ctx.call_hook("is_local_user_known", invitee, default=True):
             raise not_found("Unknown user")
         accepted = await ctx.call_hook(
