@@ -94,6 +94,13 @@ class Usage(unittest.TestCase):
             "missing.yaml",
         )
 
+    def test_bad_listen_description(self) -> None:
+        d = tempfile.mkdtemp(prefix="fedlib-blackbox-cli-")
+        args = ["fedlib", "--server-name", "127.0.0.1:1", "--self-signed", "--data-dir", d]
+        proc = run([*args, "--listen", "ssl:notaport"])
+        self.assertCleanFailure(proc, "ssl:notaport", "not a port")
+        self.assertNotIn("server.pem", proc.stdout + proc.stderr)
+
     def test_no_certificate_without_self_signed(self) -> None:
         d = tempfile.mkdtemp(prefix="fedlib-blackbox-cli-")
         port = free_port()

@@ -76,6 +76,10 @@ class PluginTests(unittest.TestCase):
             ([], "--server-name is required"),
             (["--server-name", "bad name"], "invalid host"),
             (["--server-name", "a.b", "--listen", "bogus:1"], "Unknown endpoint type"),
+            (["--server-name", "a.b", "--listen", "ssl:notaport"], "'notaport' is not a port"),
+            (["--server-name", "a.b", "--listen", "tcp:99999"], "'99999' is not a port"),
+            (["--server-name", "a.b", "--listen", "ssl:8448"], "ssl needs privateKey="),
+            (["--server-name", "a.b", "--client-listen", "tcp:x"], "Bad --client-listen"),
             (["--server-name", "a.b"], "use --self-signed"),
             (["--server-name", "a.b", "--config", "bad.yaml"], "not valid YAML"),
             (["--server-name", "a.b", "--config", "unknown.yaml"], "unknown option(s) colour"),
@@ -87,6 +91,8 @@ class PluginTests(unittest.TestCase):
             self.assertEqual(out.returncode, 1, args)
             self.assertIn(message, out.stderr + out.stdout, args)
             self.assertNotIn("Traceback", out.stderr + out.stdout, args)
+            # A bad listener is reported as such, not as a missing server.pem.
+            self.assertNotIn("server.pem", out.stderr + out.stdout, args)
 
     def test_serves_keys_and_version_and_stops_on_sigterm(self) -> None:
         port = _free_port()

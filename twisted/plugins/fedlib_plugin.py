@@ -55,6 +55,12 @@ class Options(usage.Options):
 
     def opt_listen(self, description: str) -> None:
         """Federation listener endpoint, repeatable [default: ssl:8448:privateKey=DIR/tls.key:certKey=DIR/tls.crt]"""
+        from fedlib.config import ConfigError
+
+        try:
+            _listen_port(description)
+        except ConfigError as e:
+            raise usage.UsageError(str(e)) from None
         self["listen"].append(description)
 
     def postOptions(self) -> None:
@@ -97,6 +103,8 @@ def _prepare(opts: Options) -> dict[str, Any]:
     if not merged.get("server_name"):
         raise ConfigError("--server-name is required")
     parse_server_name(merged["server_name"])
+    if opts["client-listen"]:
+        _listen_port(opts["client-listen"], "--client-listen")
 
     data_dir = Path(merged.get("data_dir") or "./fedlib-data").resolve()
     try:
@@ -140,7 +148,7 @@ def _prepare(opts: Options) -> dict[str, Any]:
     config = config_from_mapping(merged, signing_key=signing_key, store=None)
     prepared = {"config": config, "database": database, "log_level": level}
     if opts["client-listen"]:
-        _check_endpoint(opts["client-listen"])
+        _check_endpoint(opts["client-listen"], "--client-listen")
         prepared["client_listen"] = opts["client-listen"]
         prepared["client_db"] = str(data_dir / "clientapi.db")
         prepared["enable_registration"] = bool(opts["enable-registration"])
@@ -152,17 +160,54 @@ def _esc(path: Path) -> str:
     return str(path).replace("\\", "\\\\").replace(":", "\\:")
 
 
-def _check_endpoint(description: str) -> None:
+#: Server endpoint types that listen on a port (given first, or as ``port=``).
+_PORT_ENDPOINTS = ("tcp", "tcp6", "ssl")
+
+
+def _listen_port(description: str, option: str = "--listen") -> int | None:
+    """The port a listener description names (``None`` for endpoint types without
+    one, such as ``unix:``), after checking its syntax: a port-taking endpoint needs
+    a port number, and ``ssl:`` its key file. Nothing is opened."""
     from twisted.internet import endpoints
 
     from fedlib.config import ConfigError
 
+    if not isinstance(description, str) or not description:
+        raise ConfigError(f"Bad {option} endpoint {description!r}: empty description")
+    try:
+        args, kwargs = endpoints._parse(description)  # type: ignore[attr-defined,no-untyped-call]
+    except Exception as e:
+        raise ConfigError(f"Bad {option} endpoint {description!r}: {e}") from None
+    kind = str(args[0]).lower() if args else ""
+    if kind not in _PORT_ENDPOINTS:
+        return None
+    port = kwargs.get("port", args[1] if len(args) > 1 else None)
+    if not isinstance(port, str) or not port.isdigit() or int(port) > 65535:
+        shown = "no port" if port in (None, "") else f"{port!r} is not a port number"
+        raise ConfigError(
+            f"Bad {option} endpoint {description!r}: {shown} "
+            f"(expected {kind}:PORT..., e.g. {kind}:8448{':privateKey=...' if kind == 'ssl' else ''})"
+        )
+    if kind == "ssl" and not kwargs.get("privateKey"):
+        raise ConfigError(
+            f"Bad {option} endpoint {description!r}: ssl needs privateKey=FILE "
+            "(and certKey=FILE), e.g. ssl:8448:privateKey=DIR/tls.key:certKey=DIR/tls.crt"
+        )
+    return int(port)
+
+
+def _check_endpoint(description: str, option: str = "--listen") -> None:
+    from twisted.internet import endpoints
+
+    from fedlib.config import ConfigError
+
+    _listen_port(description, option)
     if description.startswith("ssl:"):
         for part in description.split(":"):
             for name in ("privateKey=", "certKey="):
                 if part.startswith(name) and not Path(part[len(name) :]).exists():
                     raise ConfigError(
-                        f"--listen {description!r}: {part[len(name) :]} does not exist "
+                        f"{option} {description!r}: {part[len(name) :]} does not exist "
                         "(use --self-signed to create a certificate)"
                     )
     try:
@@ -170,7 +215,7 @@ def _check_endpoint(description: str) -> None:
         # the arguments; nothing is opened here.
         endpoints._parseServer(description, None)  # type: ignore[attr-defined,no-untyped-call]
     except Exception as e:
-        raise ConfigError(f"Bad --listen endpoint {description!r}: {e}") from None
+        raise ConfigError(f"Bad {option} endpoint {description!r}: {e}") from None
 
 
 class _ForwardToTwisted(logging.Handler):
