@@ -1216,12 +1216,6 @@ class Identifiers(BlackBoxCase):
         self.assertEqual(r.code, 400, r)
         self.assertIn(r.errcode, ("M_INVALID_PARAM", "M_BAD_JSON", "M_INVALID_USERNAME"), r)
 
-    test_make_join_refuses_overlong_user_id.todo = (  # type: ignore[attr-defined]
-        "appendices.md User Identifiers ('MUST NOT exceed 255 bytes') / joins-v1.yaml make_join "
-        "400: fedlib hands out a join template for a 262-byte user ID, which its own send_join "
-        "then rejects (400 'sender' is longer than 255 bytes)"
-    )
-
     def test_overlong_sender_rejected_per_pdu(self) -> None:
         room, _ = self.new_room("10")
         joined = self.join(room, "10")

@@ -80,6 +80,13 @@ class JoinTests(MembershipBase):
         r = self.make("join", CAROL, room="!unknown:us.test")
         self.assertEqual((r.code, r.errcode), (404, "M_NOT_FOUND"))
 
+    def test_make_refuses_overlong_user_id(self) -> None:
+        # appendices.md, "User Identifiers": at most 255 bytes.
+        user = "@" + "u" * 250 + ":remote.test"
+        for kind, ver in (("join", "&ver=10"), ("knock", "&ver=10"), ("leave", "")):
+            r = self.make(kind, user, ver=ver)
+            self.assertEqual((r.code, r.errcode), (400, "M_INVALID_PARAM"), kind)
+
     def test_make_join_invite_only(self) -> None:
         rb = self.make_room("invite")
         r = self.make("join", CAROL, room=rb.room_id)

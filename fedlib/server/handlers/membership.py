@@ -19,6 +19,7 @@ from fedlib.events.room_versions import (
     RoomVersion,
     get_room_version,
 )
+from fedlib.ids import is_valid_user_id
 from fedlib.rooms.local import INVITE_STATE_TYPES
 from fedlib.rooms.verify import verify_pdus
 from fedlib.server.context import ServerContext
@@ -112,7 +113,11 @@ class _Membership:
                 )
         if membership == "knock" and not version.knock_join_rule:
             raise forbidden("This room version does not support knocking")
-        if not user_id.startswith("@") or _server_of(user_id) != origin:
+        if not is_valid_user_id(user_id):
+            # appendices, "User Identifiers": at most 255 bytes; the event built
+            # from the template would be refused at send_* anyway.
+            raise invalid_param("Invalid user ID")
+        if _server_of(user_id) != origin:
             raise forbidden("User does not belong to the requesting server")
         await self._require_full_state(room_id)
         state, events = await self._current(room_id)
