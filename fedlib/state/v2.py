@@ -94,15 +94,16 @@ def resolve_v2(
         return unconflicted
 
     graph = EventGraph(version, event_map)
-    conflicted_events: set[str] = set()
+    # Each state set's conflicted entries (one lookup per key and set).
+    per_set_roots: list[set[str]] = []
     for state_set in state_sets:
-        for key in conflicted_keys:
-            eid = state_set.get(key)
-            if eid is not None:
-                conflicted_events.add(eid)
+        roots = set(map(state_set.get, conflicted_keys))
+        roots.discard(None)
+        per_set_roots.append(roots)  # type: ignore[arg-type]
+    conflicted_events: set[str] = set().union(*per_set_roots)
 
     full_conflicted = _full_conflicted_set(
-        graph, state_sets, conflicted_keys, conflicted_events, unconflicted
+        graph, state_sets, conflicted_keys, conflicted_events, unconflicted, per_set_roots
     )
     full_conflicted |= conflicted_events
 
@@ -138,9 +139,11 @@ def _full_conflicted_set(
     conflicted_keys: set[StateKey],
     conflicted_events: set[str],
     unconflicted: Mapping[StateKey, str],
+    per_set_roots: Sequence[set[str]] | None = None,
 ) -> set[str]:
     """The auth difference, plus (v2.1) the conflicted state subgraph, less the
-    conflicted events themselves (the caller adds them).
+    conflicted events themselves (the caller adds them). ``per_set_roots``, each
+    state set's conflicted entries, spares looking them up again.
 
     With ``A`` the auth closure of the unconflicted state and ``B_i`` that of the
     conflicted entries of state set ``i``, the full auth chain of set ``i`` is
@@ -150,8 +153,9 @@ def _full_conflicted_set(
     """
     per_set: list[set[str]] = []
     missing: set[str] = set()
-    for state_set in state_sets:
-        roots = {state_set[k] for k in conflicted_keys if k in state_set}
+    if per_set_roots is None:
+        per_set_roots = [{s[k] for k in conflicted_keys if k in s} for s in state_sets]
+    for roots in per_set_roots:
         try:
             per_set.append(graph.walk(roots))
         except StateResolutionError as e:
