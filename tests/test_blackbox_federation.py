@@ -723,13 +723,6 @@ class RoomLifecycle(BlackBoxCase):
             for event in state:
                 self.assertPdu(event)
 
-    test_knock_room_state_formatted_per_room_version.todo = (  # type: ignore[attr-defined]
-        "knocks.yaml send_knock 200 knock_room_state (v1.16): 'All events listed MUST "
-        "additionally be formatted according to the room version specification'; fedlib "
-        "sends m.room.join_rules (and the other non-create events) as stripped state "
-        "{content, sender, state_key, type}"
-    )
-
 
 class Invites(BlackBoxCase):
     """invites-v2.yaml: PUT /v2/invite to a fedlib user for a remote room."""

@@ -277,6 +277,10 @@ class KnockLeaveTests(MembershipBase):
         types = {e["type"] for e in r.json["knock_room_state"]}
         self.assertIn("m.room.create", types)
         self.assertIn("m.room.join_rules", types)
+        # knocks.yaml (Matrix 1.16): full PDUs, formatted per the room version.
+        for event in r.json["knock_room_state"]:
+            for key in ("room_id", "depth", "auth_events", "prev_events", "hashes", "signatures"):
+                self.assertIn(key, event)
 
     def test_knock_forbidden_by_join_rule(self) -> None:
         r = self.make("knock", CAROL)

@@ -62,25 +62,17 @@ def _refs(version: RoomVersion, ids: list[str], events: Mapping[str, Any]) -> li
 
 
 async def stripped_state(ctx: ServerContext, room_id: str) -> list[dict[str, Any]]:
-    """The room's stripped state for invitees and knockers; the create event is a
-    full PDU (spec v1.16)."""
+    """The room state for knockers (``knock_room_state``): the create, join rules,
+    name, avatar, alias, encryption and topic events, as full PDUs formatted per
+    the room version (knocks.yaml, Matrix 1.16); ``unsigned`` is left out."""
     events = await ctx.store.get_current_state_events(room_id, list(INVITE_STATE_TYPES))
     out = []
-    for (etype, skey), stored in sorted(events.items()):
+    for (_etype, skey), stored in sorted(events.items()):
         if skey != "":
             continue
-        ev = stored.event
-        if etype == "m.room.create":
-            out.append(dict(ev))
-        else:
-            out.append(
-                {
-                    "type": etype,
-                    "state_key": skey,
-                    "content": dict(_content(ev)),
-                    "sender": ev.get("sender"),
-                }
-            )
+        ev = dict(stored.event)
+        ev.pop("unsigned", None)
+        out.append(ev)
     return out
 
 
