@@ -132,6 +132,20 @@ def _prepare(opts: Options) -> dict[str, Any]:
     listen = merged["listen"] if isinstance(merged["listen"], list) else [merged["listen"]]
     for description in listen:
         _check_endpoint(description)
+    _, name_port = parse_server_name(merged["server_name"])
+    ports = [_listen_port(description) for description in listen]
+    listen_warning = None
+    if name_port is not None and name_port not in ports:
+        # The default listener stays ssl:8448; a server name with another port
+        # sends remote servers elsewhere, so say so at start.
+        shown = ", ".join(str(p) for p in ports if p is not None) or "none"
+        listen_warning = (
+            f"*** --server-name {merged['server_name']} names port {name_port}, which "
+            f"remote servers will contact, but no federation listener is on port "
+            f"{name_port} (listener port(s): {shown}; --listen {' '.join(listen)}). "
+            f"Pass --listen with port {name_port}, or forward port {name_port} to a "
+            "listener. ***"
+        )
 
     database = merged.get("database") or f"sqlite://{data_dir / 'fedlib.db'}"
     if not isinstance(database, str) or not database.startswith(
@@ -146,7 +160,12 @@ def _prepare(opts: Options) -> dict[str, Any]:
 
     # Validate everything else now (the store is opened when the service starts).
     config = config_from_mapping(merged, signing_key=signing_key, store=None)
-    prepared = {"config": config, "database": database, "log_level": level}
+    prepared = {
+        "config": config,
+        "database": database,
+        "log_level": level,
+        "listen_warning": listen_warning,
+    }
     if opts["client-listen"]:
         _check_endpoint(opts["client-listen"], "--client-listen")
         prepared["client_listen"] = opts["client-listen"]
@@ -305,6 +324,8 @@ class StandaloneService(MultiService):
             fedlib_logger.addHandler(_ForwardToTwisted())
         super().startService()  # type: ignore[no-untyped-call]
         config = self.prepared["config"]
+        if self.prepared.get("listen_warning"):
+            log.warn("{warning}", warning=self.prepared["listen_warning"])
         if not config.tls.verify:
             log.warn(
                 "*** --no-verify-tls: remote servers' TLS certificates are NOT verified. "
