@@ -1136,13 +1136,6 @@ class InvitesV12(BlackBoxCase):
             r = self.invite(state)
             self.assertEqual((r.code, r.errcode), (400, "M_INVALID_PARAM"), (name, r))
 
-    test_invalid_invite_room_state.todo = (  # type: ignore[attr-defined]
-        "invites-v2.yaml PUT /v2/invite (v1.16): for room version 12 servers SHOULD answer "
-        "400 M_INVALID_PARAM when invite_room_state lacks m.room.create, holds events not "
-        "formatted per the room version, badly signed or from another room; fedlib accepts "
-        "and countersigns all of them"
-    )
-
 
 class MembershipValidation(BlackBoxCase):
     """joins-v2.yaml, leaving-v2.yaml, knocks.yaml: the validation of send_join,

@@ -377,6 +377,45 @@ class InviteTests(unittest.TestCase):
         self.assertIn(OUR_NAME, r.json[1]["event"]["signatures"])
 
 
+class InviteV12Tests(unittest.TestCase):
+    """invites-v2.yaml: in room version 12, ``invite_room_state`` is checked."""
+
+    def setUp(self) -> None:
+        self.remote = Remote("remote.test")
+        self.h = Harness(self.remote)
+        self.rb = RoomBuilder("12", {OUR_NAME: self.h.us, "remote.test": self.remote})
+        self.rb.create_room(BOB)
+        self.create = self.rb.events[self.rb.state[("m.room.create", "")]]
+
+    def put(self, invite_room_state: list[Any]) -> Any:
+        eid, ev = self.rb.make("m.room.member", BOB, {"membership": "invite"}, "@alice:us.test")
+        body = {"room_version": "12", "event": ev, "invite_room_state": invite_room_state}
+        return self.h.request("PUT", f"{V2}/invite/{self.rb.room_id}/{eid}", body)
+
+    def test_valid(self) -> None:
+        r = self.put([self.create])
+        self.assertEqual(r.code, 200, r.json)
+
+    def test_invalid(self) -> None:
+        other = RoomBuilder("12", {OUR_NAME: self.h.us, "remote.test": self.remote})
+        other.create_room(BOB)
+        other_create = other.events[other.state[("m.room.create", "")]]
+        stripped = {k: self.create[k] for k in ("type", "state_key", "sender", "content")}
+        cases = {
+            "empty": [],
+            "no create": [self.rb.events[self.rb.state[("m.room.member", BOB)]]],
+            "another room's create": [other_create],
+            "stripped create": [stripped],
+            "bad signature": [dict(self.create, signatures={"remote.test": {"ed25519:r1": "A"}})],
+            "float": [self.create, dict(stripped, depth=1.5)],
+        }
+        before = self.h.snapshot()
+        for name, state in cases.items():
+            r = self.put(state)
+            self.assertEqual((r.code, r.errcode), (400, "M_INVALID_PARAM"), name)
+        self.assertEqual(self.h.snapshot(), before)
+
+
 class JoinV12Tests(MembershipBase):
     room_version = "12"
 

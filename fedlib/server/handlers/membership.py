@@ -412,6 +412,10 @@ class _Membership:
         (checked,) = await verify_pdus(ctx.keyring, room_version, [event], room_id=room_id)
         if checked.error is not None or checked.event is None or checked.redacted:
             raise invalid_param("Invite event failed signature or hash checks")
+        if version.room_id_is_create_hash:
+            # invites-v2.yaml: MAY for room versions 1 to 11 (whose invites from
+            # servers older than Matrix 1.16 carry stripped state), SHOULD after.
+            await self._check_invite_room_state(room_version, room_id, invite_state)
         if not await ctx.call_hook("is_local_user_known", invitee, default=True):
             raise not_found("Unknown user")
         accepted = await ctx.call_hook(
@@ -431,6 +435,27 @@ class _Membership:
             )
         )
         return {"event": signed}
+
+    async def _check_invite_room_state(
+        self, room_version: str, room_id: str, invite_state: list[dict[str, Any]]
+    ) -> None:
+        """invites-v2.yaml: ``invite_room_state`` holds the room's create event and
+        only validly signed PDUs of the room formatted per its version; else 400
+        M_INVALID_PARAM."""
+        if not any(
+            s.get("type") == "m.room.create" and s.get("state_key") == "" for s in invite_state
+        ):
+            raise invalid_param("invite_room_state lacks the room's m.room.create event")
+        for index, entry in enumerate(invite_state):
+            try:
+                check_pdu_json(room_version, entry)
+            except MatrixError as e:
+                raise invalid_param(f"invite_room_state entry {index}: {e.msg}") from None
+        checked = await verify_pdus(self.ctx.keyring, room_version, invite_state, room_id=room_id)
+        for result in checked:
+            if result.error is not None or result.event is None:
+                msg = result.error.msg if result.error is not None else "invalid event"
+                raise invalid_param(f"invite_room_state entry {result.index}: {msg}")
 
     async def invite_v2(self, request: FederationRequest) -> tuple[int, Any]:
         body = request.json_object()
