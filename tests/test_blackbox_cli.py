@@ -140,6 +140,33 @@ class Lifecycle(unittest.TestCase):
         key2 = raw_request(fed.port, "GET", "/_matrix/key/v2/server").json()["verify_keys"]
         self.assertEqual(key1, key2)
 
+    def test_second_process_on_same_data_dir_refused(self) -> None:
+        fed = FedlibProcess()
+        self.addCleanup(fed.stop)
+        fed.start()
+        proc = run(
+            [
+                "fedlib",
+                "--server-name",
+                fed.server_name,
+                "--data-dir",
+                str(fed.data),
+                "--self-signed",
+                "--listen",
+                f"tcp:{free_port()}:interface=127.0.0.1",
+            ]
+        )
+        out = proc.stdout + proc.stderr
+        self.assertNotEqual(proc.returncode, 0, out)
+        self.assertNotIn("Traceback", out)
+        last = out.strip().splitlines()[-1]
+        self.assertIn("fedlib.lock", last)
+        self.assertIn("in use by another fedlib process", last)
+        # The first one is unharmed, and once it stops the directory is free again.
+        self.assertEqual(raw_request(fed.port, "GET", "/_matrix/federation/v1/version").code, 200)
+        fed.stop()
+        fed.start()
+
     def test_sigterm_with_open_connection(self) -> None:
         fed = FedlibProcess()
         self.addCleanup(fed.stop)

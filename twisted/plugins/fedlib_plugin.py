@@ -7,6 +7,7 @@ or config file ends ``twistd`` with one clear line instead of a traceback.
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -111,6 +112,8 @@ def _prepare(opts: Options) -> dict[str, Any]:
         data_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise ConfigError(f"Cannot create data directory {data_dir}: {e.strerror}") from None
+    # Before anything in the directory is created or read: one process per directory.
+    data_dir_lock = _lock_data_dir(data_dir)
     key_path = Path(merged.get("signing_key_path") or data_dir / "signing.key")
     try:
         signing_key = load_or_create_signing_key(key_path)
@@ -165,6 +168,8 @@ def _prepare(opts: Options) -> dict[str, Any]:
         "database": database,
         "log_level": level,
         "listen_warning": listen_warning,
+        # Held (open) for the life of the process; released when it exits.
+        "data_dir_lock": data_dir_lock,
     }
     if opts["client-listen"]:
         _check_endpoint(opts["client-listen"], "--client-listen")
@@ -172,6 +177,47 @@ def _prepare(opts: Options) -> dict[str, Any]:
         prepared["client_db"] = str(data_dir / "clientapi.db")
         prepared["enable_registration"] = bool(opts["enable-registration"])
     return prepared
+
+
+def _lock_data_dir(data_dir: Path) -> Any:
+    """Take ``DIR/fedlib.lock`` for this process, or raise :class:`ConfigError` when
+    another process holds it. An ``flock`` on an open file: the kernel releases it
+    when the process ends however it ends, and a daemonising ``twistd`` keeps it
+    across its forks. Returns the open file, to be kept for the process's life."""
+    from fedlib.config import ConfigError
+
+    path = data_dir / "fedlib.lock"
+    try:
+        import fcntl
+    except ImportError:  # Not a POSIX system: a lock file with the holder's PID.
+        from twisted.python.lockfile import FilesystemLock
+
+        lock = FilesystemLock(str(path))  # type: ignore[no-untyped-call]
+        if not lock.lock():  # type: ignore[no-untyped-call]
+            raise ConfigError(
+                f"Data directory {data_dir} is in use by another fedlib process ({path} is locked)"
+            ) from None
+        return lock
+    try:
+        handle = open(path, "a+")  # noqa: SIM115 - kept open while the process runs
+    except OSError as e:
+        raise ConfigError(f"Cannot open lock file {path}: {e.strerror}") from None
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        holder = handle.read().strip()
+        handle.close()
+        pid = f" (pid {holder})" if holder.isdigit() else ""
+        raise ConfigError(
+            f"Data directory {data_dir} is in use by another fedlib process{pid}: "
+            f"{path} is locked. Stop it first, or use another --data-dir."
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    return handle
 
 
 def _esc(path: Path) -> str:
@@ -324,6 +370,13 @@ class StandaloneService(MultiService):
             fedlib_logger.addHandler(_ForwardToTwisted())
         super().startService()  # type: ignore[no-untyped-call]
         config = self.prepared["config"]
+        lock: Any = self.prepared.get("data_dir_lock")
+        if hasattr(lock, "truncate"):
+            # A daemonising twistd forked since the lock was taken: record our PID.
+            lock.seek(0)
+            lock.truncate()
+            lock.write(f"{os.getpid()}\n")
+            lock.flush()
         if self.prepared.get("listen_warning"):
             log.warn("{warning}", warning=self.prepared["listen_warning"])
         if not config.tls.verify:
