@@ -129,6 +129,16 @@ class DecodeTests(unittest.TestCase):
         self.assertBad(str(MIN_INT - 1).encode())
         self.assertBad(b"1" * 5000)
 
+    def test_integers_without_range_rule(self) -> None:
+        self.assertEqual(decode_json(b"[9007199254740992]", strict_ints=False), [2**53])
+        self.assertEqual(decode_json(str(-(2**60)).encode(), strict_ints=False), -(2**60))
+        # Beyond Python's digit limit: a clean M_BAD_JSON, nothing else.
+        self.assertBad(b"1" * 5000, strict_ints=False)
+        # The other rules stay.
+        self.assertBad(b"[1.5]", room_version="10", strict_ints=False)
+        self.assertBad(b"[NaN]", strict_ints=False)
+        self.assertEqual(decode_json(b"[1.5]", strict_ints=False), [1.5])
+
     def test_floats_by_room_version(self) -> None:
         self.assertEqual(decode_json(b"[1.5]"), [1.5])
         self.assertEqual(decode_json(b"[1.5]", room_version="5"), [1.5])
