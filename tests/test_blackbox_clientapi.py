@@ -56,3 +56,36 @@ class SendTransactionIds(unittest.TestCase):
         first = self.send(room, "typed-txn", "message")
         other = self.send(room, "typed-txn", "custom", event_type="org.example.custom")
         self.assertNotEqual(first, other)
+
+
+class PublicRooms(unittest.TestCase):
+    timeout = 60
+
+    def test_public_room_in_federation_and_client_directory(self) -> None:
+        fed, remote, _ = shared()
+        token = fed.register("p" + os.urandom(4).hex())
+        name = "Directory " + os.urandom(4).hex()
+        r = fed.client("POST", "/createRoom", {"visibility": "public", "name": name}, token)
+        self.assertEqual(r.code, 200, r)
+        public = r.json()["room_id"]
+        r = fed.client("POST", "/createRoom", {"name": name + " private"}, token)
+        self.assertEqual(r.code, 200, r)
+        private = r.json()["room_id"]
+
+        r = remote.request(fed, "GET", "/_matrix/federation/v1/publicRooms?limit=500")
+        self.assertEqual(r.code, 200, r)
+        rooms = {e["room_id"]: e for e in r.json()["chunk"]}
+        self.assertIn(public, rooms)
+        self.assertNotIn(private, rooms)
+        self.assertEqual(rooms[public].get("name"), name)
+        self.assertEqual(rooms[public]["num_joined_members"], 1)
+
+        search = {"filter": {"generic_search_term": name}}
+        r = remote.request(fed, "POST", "/_matrix/federation/v1/publicRooms", search)
+        self.assertEqual(r.code, 200, r)
+        self.assertEqual([e["room_id"] for e in r.json()["chunk"]], [public])
+
+        r = fed.client("GET", "/publicRooms?limit=500")
+        self.assertEqual(r.code, 200, r)
+        self.assertIn(public, [e["room_id"] for e in r.json()["chunk"]])
+        self.assertNotIn(private, [e["room_id"] for e in r.json()["chunk"]])

@@ -256,6 +256,62 @@ class Rooms(ClientTestCase):
         self.assertEqual(again["event_id"], in_b["event_id"])
 
     @defer.inlineCallbacks
+    def test_public_room_directory(self) -> Any:
+        public = yield self.create(visibility="public", name="Lobby", topic="Hello")
+        private = yield self.create(name="Secret")
+        listed = yield self.ok("GET", "publicRooms")
+        self.assertEqual([e["room_id"] for e in listed["chunk"]], [public])
+        entry = listed["chunk"][0]
+        self.assertEqual((entry["name"], entry["topic"]), ("Lobby", "Hello"))
+        self.assertEqual(entry["num_joined_members"], 1)
+        self.assertEqual(entry["join_rule"], "public")
+        self.assertIs(entry["world_readable"], False)
+        self.assertEqual(listed["total_room_count_estimate"], 1)
+        # What other servers get from fedlib's /publicRooms: the same directory.
+        hooked = yield self.client.hooks.get_public_rooms(None, None, None)
+        self.assertEqual(hooked["chunk"], listed["chunk"])
+        # Visibility of each room; publishing needs the power to set its alias.
+        got = yield self.ok("GET", f"directory/list/room/{q(private)}")
+        self.assertEqual(got, {"visibility": "private"})
+        got = yield self.ok("GET", f"directory/list/room/{q(public)}")
+        self.assertEqual(got, {"visibility": "public"})
+        yield self.ok("POST", f"join/{q(public)}", {}, token=self.bt)
+        code, body = yield self.call(
+            "PUT", f"directory/list/room/{q(public)}", {"visibility": "private"}, token=self.bt
+        )
+        self.assertEqual((code, body["errcode"]), (403, "M_FORBIDDEN"))
+        code, body = yield self.call(
+            "PUT", f"directory/list/room/{q(private)}", {"visibility": "public"}, token=self.bt
+        )
+        self.assertEqual((code, body["errcode"]), (403, "M_FORBIDDEN"))
+        code, body = yield self.call(
+            "PUT", f"directory/list/room/{q(private)}", {"visibility": "odd"}, token=self.at
+        )
+        self.assertEqual((code, body["errcode"]), (400, "M_INVALID_PARAM"))
+        yield self.ok(
+            "PUT", f"directory/list/room/{q(private)}", {"visibility": "public"}, token=self.at
+        )
+        listed = yield self.ok("GET", "publicRooms")
+        self.assertEqual([e["room_id"] for e in listed["chunk"]], [public, private])
+        # Search, paging and the POST form.
+        found = yield self.ok(
+            "POST", "publicRooms", {"filter": {"generic_search_term": "secr"}}, token=self.at
+        )
+        self.assertEqual([e["room_id"] for e in found["chunk"]], [private])
+        page = yield self.ok("GET", "publicRooms?limit=1")
+        self.assertEqual([e["room_id"] for e in page["chunk"]], [public])
+        rest = yield self.ok("GET", f"publicRooms?limit=1&since={page['next_batch']}")
+        self.assertEqual([e["room_id"] for e in rest["chunk"]], [private])
+        self.assertNotIn("next_batch", rest)
+        code, body = yield self.call("GET", "publicRooms?since=bogus")
+        self.assertEqual((code, body["errcode"]), (400, "M_INVALID_PARAM"))
+        yield self.ok(
+            "PUT", f"directory/list/room/{q(public)}", {"visibility": "private"}, token=self.at
+        )
+        listed = yield self.ok("GET", "publicRooms")
+        self.assertEqual([e["room_id"] for e in listed["chunk"]], [private])
+
+    @defer.inlineCallbacks
     def test_send_refusals_store_nothing(self) -> Any:
         room = yield self.create()
         before = yield self.room_snapshot(room)

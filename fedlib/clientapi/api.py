@@ -357,6 +357,8 @@ class ClientAPI:
             await self.fed.send_event(
                 room_id, call.user_id, "m.room.canonical_alias", {"alias": alias}, ""
             )
+        if visibility == "public":
+            await self.store.set_room_public(room_id, True)
         return {"room_id": room_id}
 
     async def joined_rooms(self, call: Call) -> Any:
@@ -656,6 +658,76 @@ class ClientAPI:
             raise _forbidden("Only the alias's creator may delete it")
         await self.store.delete_alias(alias)
         return {}
+
+    async def get_room_visibility(self, call: Call) -> Any:
+        room_id = call.params["roomId"]
+        if await self.fed.store.get_room(room_id) is None:
+            raise MatrixError(404, "M_NOT_FOUND", f"Unknown room {room_id}")
+        public = await self.store.is_room_public(room_id)
+        return {"visibility": "public" if public else "private"}
+
+    async def set_room_visibility(self, call: Call) -> Any:
+        from fedlib.auth.power_levels import get_user_power_level
+
+        body = call.json()
+        room_id = call.params["roomId"]
+        await self._require_joined(room_id, call.user_id)
+        visibility = body.get("visibility", "public")
+        if visibility not in ("public", "private"):
+            raise _bad("visibility must be public or private", "M_INVALID_PARAM")
+        # Whoever may set the room's canonical alias may publish it.
+        state = await self._state_events(room_id, ["m.room.power_levels", "m.room.create"])
+        levels = state.get(("m.room.power_levels", ""))
+        create = state.get(("m.room.create", ""))
+        version = await self.fed.store.get_room_version(room_id)
+        have = get_user_power_level(
+            version,
+            call.user_id,
+            levels.event if levels is not None else None,
+            create.event if create is not None else None,
+        )
+        need: Any = 0
+        if levels is not None:
+            content = levels.event.get("content", {})
+            events = content.get("events", {})
+            need = events.get("m.room.canonical_alias", content.get("state_default", 50))
+        if not isinstance(need, int) or have < need:
+            raise _forbidden("Not allowed to publish this room in the room directory")
+        await self.store.set_room_public(room_id, visibility == "public")
+        return {}
+
+    async def _public_rooms(
+        self, server: str | None, limit: int | None, since: str | None, search: Any
+    ) -> Any:
+        from fedlib.clientapi.directory import public_rooms
+
+        if server is None or server == self.server_name:
+            return await public_rooms(self.store, self.fed.store, limit, since, search)
+        try:
+            return await self.fed.client.get_public_rooms(
+                server, limit=limit, since=since, search_filter=search
+            )
+        except defer.CancelledError:
+            raise
+        except Exception as e:
+            raise MatrixError(502, "M_UNKNOWN", f"{server} did not answer: {e}") from None
+
+    async def public_rooms_get(self, call: Call) -> Any:
+        limit = _int_param(call.query, "limit", 0, 0, 500) or None
+        return await self._public_rooms(
+            call.query.get("server"), limit, call.query.get("since"), None
+        )
+
+    async def public_rooms_post(self, call: Call) -> Any:
+        body = call.json()
+        limit = body.get("limit")
+        if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool)):
+            raise _bad("limit must be an integer", "M_INVALID_PARAM")
+        since = _opt_str(body, "since")
+        search = body.get("filter")
+        if search is not None and not isinstance(search, dict):
+            raise _bad("filter must be an object")
+        return await self._public_rooms(call.query.get("server"), limit, since, search)
 
     # -- helpers for sync -----------------------------------------------------------------
 

@@ -161,6 +161,17 @@ class ClientHooks(NullHooks):
             servers += sorted(s for s in joined if s != self.server_name)
         return found[0], servers
 
+    def get_public_rooms(self, limit: int | None, since: str | None, search_filter: Any) -> Any:
+        """The rooms published with ``visibility: public`` (at creation or through
+        ``PUT /directory/list/room/{roomId}``), as the client ``/publicRooms`` lists them."""
+        from fedlib.clientapi.directory import public_rooms
+
+        if self.federation_store is None:
+            return {"chunk": [], "total_room_count_estimate": 0}
+        return defer.Deferred.fromCoroutine(
+            public_rooms(self.store, self.federation_store, limit, since, search_filter)
+        )
+
     @defer.inlineCallbacks
     def query_profile(self, user_id: str, field: str | None) -> Any:
         if (yield self.store.get_account(user_id)) is None:

@@ -109,6 +109,10 @@ ROUTES: tuple[tuple[str, str, str, bool], ...] = (
     ("PUT", "directory/room/{roomAlias}", "put_alias", True),
     ("GET", "directory/room/{roomAlias}", "get_alias", False),
     ("DELETE", "directory/room/{roomAlias}", "delete_alias", True),
+    ("GET", "directory/list/room/{roomId}", "get_room_visibility", False),
+    ("PUT", "directory/list/room/{roomId}", "set_room_visibility", True),
+    ("GET", "publicRooms", "public_rooms_get", False),
+    ("POST", "publicRooms", "public_rooms_post", True),
 )
 
 _PREFIX = re.compile(rb"^/_matrix/client/(?:v3|r0)/")

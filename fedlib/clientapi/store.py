@@ -130,6 +130,17 @@ class IClientStore(Interface):
     def get_filter(user_id: str, filter_id: str) -> Any:
         """Deferred[Mapping | None]."""
 
+    # -- the published room directory ----------------------------------------------
+
+    def set_room_public(room_id: str, public: bool) -> Any:
+        """Deferred[None]: publish the room in (or remove it from) the room directory."""
+
+    def is_room_public(room_id: str) -> Any:
+        """Deferred[bool]."""
+
+    def get_public_room_ids() -> Any:
+        """Deferred[list[str]]: the published rooms, in no particular order."""
+
     # -- room aliases ------------------------------------------------------------
 
     def create_alias(alias: str, room_id: str, creator: str) -> Any:
@@ -202,12 +213,13 @@ CREATE TABLE IF NOT EXISTS memberships (
     PRIMARY KEY (room_id, user_id));
 CREATE INDEX IF NOT EXISTS memberships_user ON memberships (user_id);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS room_directory (room_id TEXT PRIMARY KEY);
 """
 
 #: The schema's version, kept in SQLite's ``user_version``. A file without one
 #: (version 0) is from before versioning and is brought up to date by
 #: :data:`_MIGRATIONS` when opened; a newer file is refused.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 #: ``_MIGRATIONS[n]`` takes a file from version ``n`` to ``n + 1``.
 _MIGRATIONS: dict[int, str] = {
@@ -221,6 +233,10 @@ _MIGRATIONS: dict[int, str] = {
         event_id TEXT NOT NULL, PRIMARY KEY (token_hash, scope, txn_id));
     INSERT INTO txns SELECT token_hash, '', txn_id, event_id FROM txns_v0;
     DROP TABLE txns_v0;
+    """,
+    # The published room directory (empty: rooms created before were not recorded).
+    1: """
+    CREATE TABLE IF NOT EXISTS room_directory (room_id TEXT PRIMARY KEY);
     """,
 }
 
@@ -486,6 +502,31 @@ class SQLiteClientStore:
     def delete_alias(self, alias: str) -> defer.Deferred[None]:
         def q(c: sqlite3.Connection) -> None:
             c.execute("DELETE FROM aliases WHERE alias = ?", (alias,))
+
+        return self._run(q)
+
+    # -- room directory ----------------------------------------------------------------
+
+    def set_room_public(self, room_id: str, public: bool) -> defer.Deferred[None]:
+        def q(c: sqlite3.Connection) -> None:
+            if public:
+                c.execute("INSERT OR IGNORE INTO room_directory VALUES (?)", (room_id,))
+            else:
+                c.execute("DELETE FROM room_directory WHERE room_id = ?", (room_id,))
+
+        return self._run(q)
+
+    def is_room_public(self, room_id: str) -> defer.Deferred[bool]:
+        def q(c: sqlite3.Connection) -> bool:
+            row = c.execute("SELECT 1 FROM room_directory WHERE room_id = ?", (room_id,))
+            return row.fetchone() is not None
+
+        return self._run(q)
+
+    def get_public_room_ids(self) -> defer.Deferred[list[str]]:
+        def q(c: sqlite3.Connection) -> list[str]:
+            rows = c.execute("SELECT room_id FROM room_directory ORDER BY room_id").fetchall()
+            return [str(r[0]) for r in rows]
 
         return self._run(q)
 
