@@ -74,6 +74,7 @@ class EventGraph:
         "_keys",
         "_pl_parent",
         "_pl_users",
+        "_read",
         "_ts",
         "events",
         "version",
@@ -88,6 +89,9 @@ class EventGraph:
         self._keys: dict[str, StateKey | None] = {}
         self._pl_parent: dict[str, str | None] = {}
         self._ts: dict[str, int] = {}
+        # Events already fetched by ID, by the same ID objects the caller will
+        # look them up with again (a large map's lookups miss the cache).
+        self._read: dict[str, Event] = {}
 
     def get(self, event_id: str) -> Event:
         try:
@@ -141,10 +145,11 @@ class EventGraph:
         keys = self._keys
         auth = self._auth_ids
         stamps = self._ts
+        read = self._read
         parse = self._parse_auth_ids
         found: list[str] = []
         for eid in event_ids:
-            event = events[eid]
+            event = read[eid] = events[eid]
             etype = event.get("type")
             skey = event.get("state_key")
             ts = event.get("origin_server_ts")
@@ -163,6 +168,12 @@ class EventGraph:
             elif skey == "" and etype in _POWER_TYPES:
                 found.append(eid)
         return found
+
+    def read(self, event_id: str) -> Event:
+        """The event (which must be in the map), from the events already read
+        when it is one of them."""
+        event = self._read.get(event_id)
+        return self.events[event_id] if event is None else event
 
     def walk(self, roots: Iterable[str]) -> set[str]:
         """The reflexive auth closure of ``roots``: the roots and every event
@@ -265,7 +276,7 @@ class EventGraph:
         A creator in a room with privileged creators (v12) has infinite power; with
         no power levels event the creator has 100 and everyone else 0.
         """
-        event = self.get(event_id)
+        event = self._read.get(event_id) or self.get(event_id)
         sender = event.get("sender")
         pl_id: str | None = None
         create: Event | None = None

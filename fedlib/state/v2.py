@@ -260,8 +260,8 @@ def _iterative_auth_checks(
     """
     version = graph.version
     key_of = graph.key_of
-    events = graph.events
-    events_get = events.get
+    read = graph.read
+    events_get = graph.events.get
     overlay_get = overlay.get
     base_get = base.get
     v12 = version.room_id_is_create_hash
@@ -273,7 +273,7 @@ def _iterative_auth_checks(
             # No state-dependent rule applies to a create event.
             overlay[key] = eid
             continue
-        event = events[eid]
+        event = read(eid)
         wanted = auth_types_with(version, event)
         if v12:
             # v12's selection leaves the create event out (events do not list
