@@ -194,4 +194,3 @@ def decode_json(
     if ("\\ud" in text or "\\uD" in text) and _has_lone_surrogate(value):
         raise BadJsonError("JSON contains a lone UTF-16 surrogate")
     return value
-

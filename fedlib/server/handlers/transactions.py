@@ -249,6 +249,4 @@ def routes(ctx: ServerContext) -> list[Route]:
     handler = _TransactionHandler(ctx)
     # Parsed without the integer-range rule: it applies per PDU (in _room), so one
     # bad PDU fails alone, and not at all to EDUs.
-    return [
-        Route("PUT", "/_matrix/federation/v1/send/{txnId}", handler.send, strict_ints=False)
-    ]
+    return [Route("PUT", "/_matrix/federation/v1/send/{txnId}", handler.send, strict_ints=False)]
