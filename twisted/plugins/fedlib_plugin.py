@@ -347,9 +347,12 @@ class _LevelFilter:
 class StandaloneService(MultiService):
     """Opens the store, then runs a :class:`fedlib.service.FederationService`."""
 
-    def __init__(self, prepared: dict[str, Any]) -> None:
+    def __init__(self, prepared: dict[str, Any], filter_logs: bool = False) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self.prepared = prepared
+        #: Apply ``log_level`` to the global log observers (those twistd installed);
+        #: set by :meth:`FedlibServiceMaker.makeService`, not by embedders' tests.
+        self.filter_logs = filter_logs
         self.federation: Any = None
         self.client_api: Any = None
         self._starting: Any = None
@@ -361,7 +364,7 @@ class StandaloneService(MultiService):
 
         log = Logger()
         level = self.prepared["log_level"]
-        if self._log_filter is None:
+        if self.filter_logs and self._log_filter is None:
             self._log_filter = _LevelFilter(level)
             self._log_filter.install()
         fedlib_logger = logging.getLogger("fedlib")
@@ -378,7 +381,7 @@ class StandaloneService(MultiService):
             lock.write(f"{os.getpid()}\n")
             lock.flush()
         if self.prepared.get("listen_warning"):
-            log.warn("{warning}", warning=self.prepared["listen_warning"])
+            log.warn("{text}", text=self.prepared["listen_warning"])
         if not config.tls.verify:
             log.warn(
                 "*** --no-verify-tls: remote servers' TLS certificates are NOT verified. "
@@ -462,7 +465,7 @@ class FedlibServiceMaker:
     options = Options
 
     def makeService(self, options: Options) -> StandaloneService:
-        return StandaloneService(options["fedlib"])
+        return StandaloneService(options["fedlib"], filter_logs=True)
 
 
 serviceMaker = FedlibServiceMaker()
