@@ -229,3 +229,44 @@ class MalformedInputProperties(unittest.TestCase):
             except StateResolutionError as e:
                 outcomes.append(e.missing_event_ids)
         self.assertEqual(outcomes[0], outcomes[1])
+
+
+class SeparateProperties(unittest.TestCase):
+    """``separate`` compares maps side by side while their keys line up; maps
+    that share a prefix of keys, diverge, or differ only in length all split as
+    the definition says."""
+
+    @settings(max_examples=200, deadline=None)
+    @given(
+        st.dictionaries(st.integers(0, 12), st.sampled_from("abc")),
+        st.lists(st.tuples(st.integers(0, 12), st.sampled_from("abc") | st.none()), max_size=6),
+        st.integers(0, 3),
+        st.randoms(use_true_random=False),
+    )
+    def test_matches_definition(
+        self,
+        base: dict[int, str],
+        edits: list[tuple[int, str | None]],
+        extra_sets: int,
+        rnd: random.Random,
+    ) -> None:
+        from fedlib.state.v2 import separate
+
+        def derive() -> dict[tuple[str, str], str]:
+            out = {("t", str(k)): v for k, v in base.items()}
+            for k, v in rnd.sample(edits, rnd.randint(0, len(edits))):
+                if v is None:
+                    out.pop(("t", str(k)), None)
+                else:
+                    out[("t", str(k))] = v
+            if rnd.random() < 0.3:
+                entries = list(out.items())
+                rnd.shuffle(entries)
+                out = dict(entries)
+            return out
+
+        sets = [derive() for _ in range(1 + extra_sets)]
+        keys: set[tuple[str, str]] = set().union(*sets)
+        conflicted = {k for k in keys if len({s.get(k) for s in sets}) > 1}
+        unconflicted = {k: v for k, v in sets[0].items() if k not in conflicted}
+        self.assertEqual(separate(sets), (unconflicted, conflicted))
