@@ -82,9 +82,13 @@ class _Membership:
 
     # -- make_* ----------------------------------------------------------------
 
-    async def _current(self, room_id: str) -> tuple[dict[StateKey, str], dict[str, Any]]:
+    async def _current(
+        self, room_id: str, keys: list[StateKey] | None = None
+    ) -> tuple[dict[StateKey, str], dict[str, Any]]:
+        """The current state, and its events (only those of ``keys`` when given)."""
         state = dict(await self.ctx.store.get_current_state(room_id))
-        stored = await self.ctx.store.get_events(list(state.values()))
+        ids = list(state.values()) if keys is None else [state[k] for k in keys if k in state]
+        stored = await self.ctx.store.get_events(ids)
         return state, {eid: s.event for eid, s in stored.items()}
 
     async def _make(self, request: FederationRequest, membership: str) -> tuple[int, Any]:
@@ -112,7 +116,10 @@ class _Membership:
         if _server_of(user_id) != origin:
             raise forbidden("User does not belong to the requesting server")
         await self._require_full_state(room_id)
-        state, events = await self._current(room_id)
+        # Only the events the template and its checks read, not a big room's members.
+        state, events = await self._current(
+            room_id, [CREATE, POWER, JOIN_RULES, ("m.room.member", user_id)]
+        )
         if not state:
             raise not_found("This server is not in the room")
         extremities = sorted(await ctx.store.get_forward_extremities(room_id))[:10]
@@ -138,6 +145,9 @@ class _Membership:
         }
         wanted = sorted(auth_types_with(version, template))
         auth_ids = [state[k] for k in wanted if k in state]
+        more = [eid for eid in auth_ids if eid not in events]
+        if more:
+            events.update({e: s.event for e, s in (await ctx.store.get_events(more)).items()})
         template["auth_events"] = _refs(version, auth_ids, events)
         # Refuse now what the auth rules would refuse at send_join: a template for
         # a banned user or an invite-only room is of no use to anyone.
