@@ -29,7 +29,6 @@ from twisted.internet import defer, reactor, stdio, task
 from twisted.protocols.basic import LineReceiver
 
 from fedlib.auth.rules import CREATE_KEY, check_auth_with, select_auth_events
-from fedlib.client.handshakes import Handshakes
 from fedlib.events.room_versions import get_room_version
 from fedlib.rooms.builder import Preset, build_event
 from fedlib.storage.interface import EventStatus, PersistItem, StateRef
@@ -159,7 +158,7 @@ def measure(resident: str, room_id: str, omit: bool, trace: bool) -> Any:
     traced for the peak of Python allocations (tracemalloc slows the join several
     times over, so a traced join is never the timed one)."""
     server = yield start_loopback()
-    handshakes = Handshakes.from_service(server.service)
+    handshakes = server.service.handshakes
     user = server.user("joiner")
     probe = _LagProbe()
     if trace:

@@ -55,12 +55,6 @@ __all__ = [
     "JoinResult",
     "KnockResult",
     "check_join_response",
-    "invite_user",
-    "join_room",
-    "knock_room",
-    "leave_room",
-    "reject_invite",
-    "remote_invite",
 ]
 
 log = logging.getLogger(__name__)
@@ -340,28 +334,6 @@ class Handshakes:
         self._waiters: dict[str, list[defer.Deferred[None]]] = {}
         #: room_id -> lock serialising join handshakes into that room.
         self._join_locks: dict[str, defer.DeferredLock] = {}
-
-    @classmethod
-    def from_service(cls, service: Any) -> Handshakes:
-        """The handshakes of a ``fedlib.service.FederationService``: the instance it
-        owns (``service.handshakes``), or, while it builds that, a new one from its
-        parts."""
-        existing = getattr(service, "handshakes", None)
-        if isinstance(existing, cls):
-            return existing
-        config = service.config
-        return cls(
-            server_name=config.server_name,
-            signing_key=config.signing_key,
-            client=service.client,
-            store=service.store,
-            keyring=service.keyring,
-            clock=service.reactor,
-            hooks=service.hooks,
-            gaps=getattr(service, "gaps", None),
-            local_rooms=getattr(service, "rooms", None),
-            room_versions=getattr(config, "room_versions", None),
-        )
 
     # -- helpers ----------------------------------------------------------------
 
@@ -959,84 +931,3 @@ def _sleep(clock: IReactorTime, seconds: float) -> defer.Deferred[None]:
     d: defer.Deferred[None] = defer.Deferred()
     clock.callLater(seconds, d.callback, None)
     return d
-
-
-# -- entry points for fedlib.service.FederationService ------------------------------------
-
-
-@defer.inlineCallbacks
-def join_room(
-    service: Any,
-    room_id_or_alias: str,
-    user_id: str,
-    via_servers: Sequence[str] = (),
-    omit_members: bool = False,
-) -> Any:
-    """Deferred[event_id] of the join (see :meth:`Handshakes.join_room`)."""
-    result = yield Handshakes.from_service(service).join_room(
-        room_id_or_alias, user_id, via_servers, omit_members
-    )
-    return result.event_id
-
-
-def knock_room(
-    service: Any,
-    room_id: str,
-    user_id: str,
-    via_servers: Sequence[str] = (),
-    reason: str | None = None,
-) -> defer.Deferred[KnockResult]:
-    """Deferred[KnockResult] (see :meth:`Handshakes.knock_room`)."""
-    d: defer.Deferred[KnockResult] = Handshakes.from_service(service).knock_room(
-        room_id, user_id, via_servers, reason
-    )
-    return d
-
-
-def leave_room(
-    service: Any,
-    room_id: str,
-    user_id: str,
-    via_servers: Sequence[str] = (),
-    reason: str | None = None,
-) -> defer.Deferred[str]:
-    """Deferred[event_id] of a remote leave (see :meth:`Handshakes.leave_room`)."""
-    d: defer.Deferred[str] = Handshakes.from_service(service).leave_room(
-        room_id, user_id, via_servers, reason
-    )
-    return d
-
-
-def reject_invite(
-    service: Any,
-    room_id: str,
-    user_id: str,
-    via: Sequence[str] = (),
-    reason: str | None = None,
-) -> defer.Deferred[str]:
-    """Deferred[event_id] (see :meth:`Handshakes.reject_invite`)."""
-    d: defer.Deferred[str] = Handshakes.from_service(service).reject_invite(
-        room_id, user_id, via, reason
-    )
-    return d
-
-
-def remote_invite(
-    service: Any,
-    destination: str,
-    room_version: str,
-    event: Mapping[str, Any],
-    invite_room_state: Sequence[Mapping[str, Any]],
-) -> defer.Deferred[dict[str, Any]]:
-    """Deferred[dict]: see :meth:`Handshakes.remote_invite`."""
-    d: defer.Deferred[dict[str, Any]] = Handshakes.from_service(service).remote_invite(
-        destination, room_version, event, invite_room_state
-    )
-    return d
-
-
-def invite_user(
-    service: Any, room_id: str, inviter: str, invitee: str, reason: str | None = None
-) -> defer.Deferred[str]:
-    """Deferred[event_id]: see :meth:`Handshakes.invite_user`."""
-    return Handshakes.from_service(service).invite_user(room_id, inviter, invitee, reason)
