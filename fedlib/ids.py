@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import re
+from collections.abc import Iterable
 
 import attrs
 
@@ -25,6 +26,7 @@ __all__ = [
     "MAX_ID_BYTES",
     "RoomAlias",
     "UserID",
+    "all_valid_event_ids",
     "is_valid_event_id",
     "is_valid_local_user_id",
     "is_valid_room_id",
@@ -36,6 +38,7 @@ __all__ = [
     "server_of",
     "validate_event_id",
     "validate_room_id",
+    "validate_user_id",
 ]
 
 #: User IDs, room IDs, event IDs and aliases are at most this many UTF-8 bytes.
@@ -210,6 +213,12 @@ def parse_user_id(user_id: object) -> UserID:
     return UserID(localpart, domain)
 
 
+def validate_user_id(user_id: object) -> None:
+    """:func:`parse_user_id` without building the result: raise :class:`InvalidIdError`
+    unless ``user_id`` is acceptable on receipt."""
+    _split_sigil_id(user_id, "@", "User ID")
+
+
 def is_valid_user_id(user_id: object) -> bool:
     """Whether ``user_id`` is acceptable on receipt (historical grammar)."""
     try:
@@ -249,17 +258,35 @@ def validate_room_id(room_version: str | RoomVersion, room_id: object) -> None:
     :class:`~fedlib.errors.UnsupportedRoomVersionError`.
     """
     version = _version(room_version)
-    if version.room_id_is_create_hash:
+    _check_room_id(version.room_id_is_create_hash, version.identifier, room_id)
+
+
+def _check_room_id(create_hash: bool, identifier: str, room_id: object) -> None:
+    # validate_room_id depends on the room version through its create_hash flag only.
+    if create_hash:
         text = _require_str(room_id, "Room ID")
         if len(text) != 44 or text[0] != "!" or not _HASH_URLSAFE_RE.fullmatch(text, 1):
-            raise InvalidIdError(f"Invalid room ID for room version {version.identifier}")
+            raise InvalidIdError(f"Invalid room ID for room version {identifier}")
         return
     _split_sigil_id(room_id, "!", "Room ID")
 
 
 def is_valid_room_id(room_version: str | RoomVersion, room_id: object) -> bool:
+    version = _version(room_version)
+    if type(room_id) is str and len(room_id) <= MAX_ID_BYTES:
+        # Every PDU of a batch names the same room.
+        return _valid_room_id_cached(version.room_id_is_create_hash, room_id)
     try:
-        validate_room_id(room_version, room_id)
+        validate_room_id(version, room_id)
+    except InvalidIdError:
+        return False
+    return True
+
+
+@functools.lru_cache(maxsize=1024)
+def _valid_room_id_cached(create_hash: bool, room_id: str) -> bool:
+    try:
+        _check_room_id(create_hash, "", room_id)
     except InvalidIdError:
         return False
     return True
@@ -287,6 +314,23 @@ def is_valid_event_id(room_version: str | RoomVersion, event_id: object) -> bool
         validate_event_id(room_version, event_id)
     except InvalidIdError:
         return False
+    return True
+
+
+def all_valid_event_ids(room_version: str | RoomVersion, event_ids: Iterable[object]) -> bool:
+    """Whether :func:`is_valid_event_id` holds for every item (quicker for v3+)."""
+    version = _version(room_version)
+    fmt = version.event_format
+    if fmt is EventFormat.V1:
+        return all(is_valid_event_id(version, e) for e in event_ids)
+    match = (_HASH_URLSAFE_RE if fmt is EventFormat.V4 else _HASH_STD_RE).fullmatch
+    for e in event_ids:
+        # validate_event_id's test, with a str subclass sent the long way.
+        if type(e) is str:
+            if len(e) != 44 or e[0] != "$" or match(e, 1) is None:
+                return False
+        elif not is_valid_event_id(version, e):
+            return False
     return True
 
 

@@ -55,6 +55,29 @@ class ContentHashTests(unittest.TestCase):
         self.assertFalse(hashing.check_content_hash(dict(event, depth=4)))
         self.assertTrue(hashing.check_content_hash(dict(event, unsigned={"age": 9})))
 
+    def test_check_with_content_json(self) -> None:
+        # The canonical JSON the format check encoded gives the same answers.
+        from fedlib.canonical import encode_canonical_json
+
+        def content_json(e: dict[str, Any]) -> bytes:
+            return encode_canonical_json(
+                {k: v for k, v in e.items() if k not in ("hashes", "signatures", "unsigned")}
+            )
+
+        event = dict(SPEC_EVENT, hashes={"sha256": SPEC_HASH})
+        for candidate in (
+            event,
+            dict(event, hashes={"sha256": SPEC_HASH + "="}),
+            dict(event, depth=4),
+            dict(event, unsigned={"age": 9}),
+            dict(event, hashes={"sha256": 5}),
+            dict(event, hashes=None),
+        ):
+            self.assertEqual(
+                hashing.check_content_hash(candidate, content_json(candidate)),
+                hashing.check_content_hash(candidate),
+            )
+
     def test_check_malformed(self) -> None:
         for hashes in (None, [], {}, {"sha256": 5}, {"sha256": "!!!"}, {"sha256": "a"}, "x"):
             self.assertFalse(hashing.check_content_hash(dict(SPEC_EVENT, hashes=hashes)))

@@ -13,6 +13,7 @@ from unpaddedbase64 import encode_base64
 from fedlib.errors import BadJsonError, MatrixError, UnsupportedRoomVersionError
 from fedlib.events.room_versions import KNOWN_ROOM_VERSIONS, EventFormat
 from fedlib.events.validation import MAX_PDU_SIZE, validate_pdu
+from tests.reference_validation import reference_validate_pdu
 from tests.strategies import json_values
 
 
@@ -227,3 +228,177 @@ class ValidatePduTests(unittest.TestCase):
             pass
         except MatrixError as e:  # pragma: no cover - reported with the culprit
             self.fail(f"{e!r} for {overrides!r}")
+
+
+def _outcome(fn: Any, version: str, pdu: Any) -> tuple[str, ...]:
+    try:
+        fn(version, pdu)
+    except MatrixError as e:
+        return (type(e).__name__, e.errcode, e.msg)
+    return ("ok",)
+
+
+_TOP = [
+    "type",
+    "sender",
+    "state_key",
+    "content",
+    "depth",
+    "origin_server_ts",
+    "prev_events",
+    "auth_events",
+    "hashes",
+    "signatures",
+    "room_id",
+    "event_id",
+    "redacts",
+    "unsigned",
+]
+# Values that reach the fast paths' edges: long and wide strings, IDs of each
+# format, near-miss IDs, non-str keys, unencodable values.
+_EDGE_VALUES = st.sampled_from(
+    [
+        "a" * 63,
+        "a" * 64,
+        "日" * 63,
+        "日" * 85,
+        "日" * 86,
+        "@u:example.org",
+        "@" + "u" * 250 + ":e.org",
+        "@u:bad_server",
+        "@u\x00:example.org",
+        "!r:example.org",
+        "!" + "r" * 62 + ":e",
+        V12_ROOM,
+        V12_ROOM[:-1] + "B",
+        "$e:example.org",
+        _ref("10", 1),
+        _ref("3", 1),
+        _ref("10", 1)[:-1] + "B",
+        [_ref("10", 1), _ref("10", 2)],
+        [_ref("1", 1)],
+        [_ref("10", n) for n in range(21)],
+        {"sha256": "h"},
+        {"example.org": {"ed25519:1": "s"}},
+        {"example.org": {"ed25519:1": 1}},
+        {1: "x"},
+        "\ud800",
+        float("nan"),
+        2**53,
+        2**63,
+        True,
+        None,
+    ]
+)
+
+
+class ReferenceTests(unittest.TestCase):
+    """The fast paths change no outcome: every PDU gets what the plain checks give."""
+
+    def assertSame(self, version: str, pdu: Any) -> None:
+        self.assertEqual(
+            _outcome(validate_pdu, version, pdu),
+            _outcome(reference_validate_pdu, version, pdu),
+            pdu,
+        )
+
+    @settings(max_examples=500)
+    @given(
+        st.sampled_from(ALL),
+        st.dictionaries(st.sampled_from(_TOP), json_values | _EDGE_VALUES, max_size=6),
+        st.lists(st.sampled_from(_TOP), max_size=3),
+    )
+    def test_same_outcome(
+        self, version: str, overrides: dict[str, Any], removed: list[str]
+    ) -> None:
+        pdu = _pdu(version, **overrides)
+        for key in removed:
+            pdu.pop(key, None)
+        self.assertSame(version, pdu)
+
+    def test_non_str_keys(self) -> None:
+        for version in ("1", "10", "12"):
+            good = _pdu(version)
+            for extra in ({1: "x"}, {None: 1}, {1.5: "x"}, {True: 1}):
+                self.assertSame(version, {**good, **extra})
+                # Only non-str keys besides the ones the content hash skips.
+                for kept in ("hashes", "signatures", "unsigned"):
+                    self.assertSame(version, {**extra, kept: {"x": 1}})
+                self.assertSame(version, dict(extra))
+            self.assertSame(version, {})
+            self.assertSame(version, {"unsigned": {"x": "y" * MAX_PDU_SIZE}})
+            self.assertSame(version, {"unsigned": {}})
+
+    def test_content_json(self) -> None:
+        from fedlib.canonical import encode_canonical_json
+        from fedlib.events.validation import validate_pdu_content_json
+
+        for version in ALL:
+            pdu = _pdu(version, unsigned={"age": 1})
+            hashed = {k: v for k, v in pdu.items() if k not in ("hashes", "signatures", "unsigned")}
+            self.assertEqual(
+                validate_pdu_content_json(KNOWN_ROOM_VERSIONS[version], pdu),
+                encode_canonical_json(hashed),
+            )
+
+
+class SizeLimitTests(unittest.TestCase):
+    """The size limit counts the whole PDU as received, signatures and unsigned
+    included, to the byte, however its bytes are split between the members the
+    content hash covers and the others."""
+
+    def _padded(self, total: int, where: str, wide: bool = False) -> dict[str, Any]:
+        from fedlib.canonical import encode_canonical_json
+
+        pad = "日" if wide else "x"
+        width = len(pad.encode("utf-8"))
+        base = _pdu("10")
+        if where == "unsigned":
+            base["unsigned"] = {"age": 1, "pad": ""}
+        elif where == "signatures":
+            base["signatures"] = {"example.org": {"ed25519:1": "s", "ed25519:pad": ""}}
+        elif where == "hashes":
+            base["hashes"] = {"sha256": "h", "pad": ""}
+        else:
+            base["content"] = {"body": ""}
+        room = total - len(encode_canonical_json(base))
+        count, rest = divmod(room, width)
+        filler = pad * count + "x" * rest
+        if where == "unsigned":
+            base["unsigned"]["pad"] = filler
+        elif where == "signatures":
+            base["signatures"]["example.org"]["ed25519:pad"] = filler
+        elif where == "hashes":
+            base["hashes"]["pad"] = filler
+        else:
+            base["content"]["body"] = filler
+        self.assertEqual(len(encode_canonical_json(base)), total)
+        return base
+
+    def test_exact_boundary(self) -> None:
+        for where in ("content", "unsigned", "signatures", "hashes"):
+            for wide in (False, True):
+                validate_pdu("10", self._padded(MAX_PDU_SIZE, where, wide))
+                validate_pdu("10", self._padded(MAX_PDU_SIZE - 1, where, wide))
+                e = self.assertRaises(
+                    BadJsonError, validate_pdu, "10", self._padded(MAX_PDU_SIZE + 1, where, wide)
+                )
+                self.assertIn("larger than", e.msg)
+
+    def test_split_between_members(self) -> None:
+        from fedlib.canonical import encode_canonical_json
+
+        # Half the bytes in content, half in unsigned and signatures.
+        for total in (MAX_PDU_SIZE - 1, MAX_PDU_SIZE, MAX_PDU_SIZE + 1):
+            pdu = _pdu(
+                "10",
+                content={"body": "c" * 30000},
+                unsigned={"x": "u" * 20000},
+                signatures={"example.org": {"ed25519:1": "s" * 10000}},
+            )
+            pdu["unsigned"]["x"] += "u" * (total - len(encode_canonical_json(pdu)))
+            self.assertEqual(len(encode_canonical_json(pdu)), total)
+            self.assertEqual(
+                _outcome(validate_pdu, "10", pdu), _outcome(reference_validate_pdu, "10", pdu)
+            )
+            self.assertEqual(_outcome(validate_pdu, "10", pdu)[0] == "ok", total <= MAX_PDU_SIZE)

@@ -147,6 +147,37 @@ class VerifyPdusTests(unittest.TestCase):
         self.assertEqual(len(fired[0]), 20)
         self.assertTrue(all(r.ok for r in fired[0]))
 
+    def test_size_limit_counts_signatures_and_unsigned(self) -> None:
+        # The limit covers the PDU as received: padding in unsigned (covered by
+        # neither hash nor signature) or in extra signatures counts to the byte.
+        from fedlib.canonical import encode_canonical_json
+        from fedlib.events.validation import MAX_PDU_SIZE
+
+        _, event = make_event(
+            "10", self.hs1, type="m.room.message", sender="@a:hs1", content={"body": "b" * 30000}
+        )
+        for where in ("unsigned", "signatures"):
+            for total, ok in ((MAX_PDU_SIZE, True), (MAX_PDU_SIZE + 1, False)):
+                pdu = dict(event)
+                if where == "unsigned":
+                    pdu["unsigned"] = {"pad": ""}
+                else:
+                    pdu["signatures"] = dict(event["signatures"], other={"ed25519:x": ""})
+                room = total - len(encode_canonical_json(pdu))
+                if where == "unsigned":
+                    pdu["unsigned"] = {"pad": "u" * room}
+                else:
+                    pdu["signatures"] = dict(event["signatures"], other={"ed25519:x": "s" * room})
+                self.assertEqual(len(encode_canonical_json(pdu)), total)
+                (result,) = self._verify("10", [pdu])
+                self.assertEqual(result.ok, ok, (where, total, result.error))
+                if ok:
+                    self.assertFalse(result.redacted)
+                else:
+                    self.assertIsInstance(result.error, BadJsonError)
+                    assert result.error is not None
+                    self.assertIn("larger than", result.error.msg)
+
     def test_empty(self) -> None:
         self.assertEqual(self._verify("10", []), [])
 

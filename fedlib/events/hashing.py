@@ -46,16 +46,25 @@ def compute_content_hash(event: Mapping[str, Any]) -> str:
     return encode_base64(content_hash_bytes(event))
 
 
-def check_content_hash(event: Mapping[str, Any]) -> bool:
+def check_content_hash(event: Mapping[str, Any], content_json: bytes | None = None) -> bool:
     """Whether ``hashes.sha256`` matches the event's content. A missing or malformed
-    hash is a mismatch (never an exception)."""
+    hash is a mismatch (never an exception).
+
+    ``content_json``, when given, must be the canonical JSON of ``event`` without
+    ``unsigned``, ``signatures`` and ``hashes`` (as
+    :func:`fedlib.events.validation.validate_pdu_content_json` returns it): a caller
+    that encoded it already saves encoding it again.
+    """
     hashes = event.get("hashes")
     if not isinstance(hashes, dict):
         return False
     claimed = hashes.get("sha256")
     if not isinstance(claimed, str):
         return False
-    actual = content_hash_bytes(event)
+    if content_json is None:
+        actual = content_hash_bytes(event)
+    else:
+        actual = hashlib.sha256(content_json).digest()
     # Nearly every hash arrives in its canonical unpadded form: compare strings.
     if claimed == encode_base64(actual):
         return True

@@ -13,7 +13,14 @@ from typing import Any
 from fedlib.canonical import encode_canonical_json
 from fedlib.errors import BadJsonError, InvalidIdError
 from fedlib.events.room_versions import EventFormat, RoomVersion, get_room_version
-from fedlib.ids import parse_user_id, validate_event_id, validate_room_id
+from fedlib.ids import (
+    all_valid_event_ids,
+    is_valid_event_id,
+    is_valid_room_id,
+    validate_event_id,
+    validate_room_id,
+    validate_user_id,
+)
 
 __all__ = [
     "MAX_AUTH_EVENTS",
@@ -21,6 +28,7 @@ __all__ = [
     "MAX_PDU_SIZE",
     "MAX_PREV_EVENTS",
     "validate_pdu",
+    "validate_pdu_content_json",
 ]
 
 #: Largest PDU, in bytes of canonical JSON as received (signatures included).
@@ -34,6 +42,16 @@ MAX_AUTH_EVENTS = 10
 # limit 2**53 - 1 from v6 on.
 _MAX_DEPTH_V1 = 2**63 - 1
 _MAX_DEPTH_V6 = 2**53 - 1
+
+# The members the content hash does not cover (fedlib.events.hashing), as a set and
+# in a fixed order.
+_NOT_HASHED = frozenset(("unsigned", "signatures", "hashes"))
+_NOT_HASHED_ORDER = ("hashes", "signatures", "unsigned")
+
+
+#: A string of at most this many code points is at most MAX_FIELD_BYTES UTF-8 bytes.
+_SHORT = MAX_FIELD_BYTES // 4
+_BAD_SIGNATURES = "'signatures' must map server names to objects of strings"
 
 
 def _fail(msg: str) -> BadJsonError:
@@ -50,7 +68,7 @@ def _check_str_field(pdu: Mapping[str, Any], name: str, *, required: bool = True
         return
     if not isinstance(value, str):
         raise _fail(f"'{name}' must be a string")
-    if len(value) > MAX_FIELD_BYTES // 4:  # short strings cannot exceed the byte limit
+    if len(value) > _SHORT:  # short strings cannot exceed the byte limit
         try:
             size = len(value.encode("utf-8"))
         except UnicodeEncodeError:
@@ -61,6 +79,13 @@ def _check_str_field(pdu: Mapping[str, Any], name: str, *, required: bool = True
 
 def _check_refs(version: RoomVersion, pdu: Mapping[str, Any], name: str, limit: int) -> None:
     refs = pdu.get(name)
+    if (
+        type(refs) is list
+        and len(refs) <= limit
+        and version.event_format is not EventFormat.V1
+        and all_valid_event_ids(version, refs)
+    ):
+        return
     if not isinstance(refs, list):
         raise _fail(f"'{name}' must be a list")
     if len(refs) > limit:
@@ -76,6 +101,38 @@ def _check_refs(version: RoomVersion, pdu: Mapping[str, Any], name: str, limit: 
             validate_event_id(version, ref)
         except InvalidIdError as e:
             raise _fail(f"'{name}' contains an invalid event ID: {e.msg}") from None
+
+
+def _measure(pdu: dict[Any, Any]) -> bytes | None:
+    """Enforce the size limit on ``pdu``'s canonical JSON; return the canonical JSON of
+    ``pdu`` without ``unsigned``, ``signatures`` and ``hashes`` (what the content hash
+    covers) when it was encoded on the way, else ``None``.
+
+    The canonical JSON of an object is ``{`` + its members, sorted and joined by
+    ``,`` + ``}``, each member encoded independently of the others, so splitting
+    the members in two objects A and B (both non-empty) gives ``len(A) + len(B) - 1``
+    bytes for the whole: the exact size of the PDU as a whole, from the content-hash
+    encoding the caller needs anyway plus a small encoding of the three other
+    members. That holds when the sort order is defined, i.e. with ``str`` keys;
+    other keys (which no JSON from the network has) take the single encoding,
+    which fails or succeeds exactly as before.
+    """
+    try:
+        if all(type(k) is str for k in pdu):
+            hashed = encode_canonical_json({k: v for k, v in pdu.items() if k not in _NOT_HASHED})
+            rest = {k: pdu[k] for k in _NOT_HASHED_ORDER if k in pdu}
+            size = len(hashed)
+            if rest:
+                extra = len(encode_canonical_json(rest))
+                size = extra if size == 2 else size + extra - 1  # 2: b"{}"
+        else:
+            hashed = None
+            size = len(encode_canonical_json(pdu))
+    except (TypeError, ValueError, RecursionError):  # UnicodeEncodeError is a ValueError
+        raise _fail("not encodable as canonical JSON") from None
+    if size > MAX_PDU_SIZE:
+        raise _fail(f"larger than {MAX_PDU_SIZE} bytes")
+    return hashed
 
 
 def validate_pdu(room_version: str | RoomVersion, pdu: object) -> None:
@@ -94,21 +151,35 @@ def validate_pdu(room_version: str | RoomVersion, pdu: object) -> None:
     version = (
         room_version if isinstance(room_version, RoomVersion) else get_room_version(room_version)
     )
+    validate_pdu_content_json(version, pdu)
+
+
+def validate_pdu_content_json(version: RoomVersion, pdu: object) -> bytes | None:
+    """:func:`validate_pdu` for a resolved room version, returning what it encoded on
+    the way: the canonical JSON of ``pdu`` without ``unsigned``, ``signatures`` and
+    ``hashes``, over which the content hash is computed
+    (:func:`fedlib.events.hashing.check_content_hash` takes it), or ``None`` in the
+    rare case it was not computed (keys other than ``str``).
+    """
     if not isinstance(pdu, dict):
         raise _fail("not a JSON object")
+    hashed = _measure(pdu)
 
+    # Each check below has a fast test that implies the full one passes, and runs
+    # the full one (with its error) otherwise, in the same order as ever: a PDU
+    # gets the same error as it would without the fast tests.
+    etype = pdu.get("type")
+    if not (type(etype) is str and len(etype) <= _SHORT):
+        _check_str_field(pdu, "type")
+    sender = pdu.get("sender")
+    if not (type(sender) is str and len(sender) <= _SHORT):
+        _check_str_field(pdu, "sender")
+    if "state_key" in pdu:
+        state_key = pdu["state_key"]
+        if not (type(state_key) is str and len(state_key) <= _SHORT):
+            _check_str_field(pdu, "state_key", required=False)
     try:
-        size = len(encode_canonical_json(pdu))
-    except (TypeError, ValueError, RecursionError):  # UnicodeEncodeError is a ValueError
-        raise _fail("not encodable as canonical JSON") from None
-    if size > MAX_PDU_SIZE:
-        raise _fail(f"larger than {MAX_PDU_SIZE} bytes")
-
-    _check_str_field(pdu, "type")
-    _check_str_field(pdu, "sender")
-    _check_str_field(pdu, "state_key", required=False)
-    try:
-        parse_user_id(pdu["sender"])
+        validate_user_id(sender)
     except InvalidIdError as e:
         raise _fail(f"invalid sender: {e.msg}") from None
 
@@ -116,10 +187,10 @@ def validate_pdu(room_version: str | RoomVersion, pdu: object) -> None:
         raise _fail("'content' must be an object")
 
     ts = pdu.get("origin_server_ts")
-    if not _is_int(ts):
+    if type(ts) is not int and not _is_int(ts):
         raise _fail("'origin_server_ts' must be an integer")
     depth = pdu.get("depth")
-    if not _is_int(depth):
+    if type(depth) is not int and not _is_int(depth):
         raise _fail("'depth' must be an integer")
     max_depth = _MAX_DEPTH_V6 if version.strict_canonical_json else _MAX_DEPTH_V1
     if not 0 <= depth <= max_depth:  # type: ignore[operator]
@@ -129,31 +200,44 @@ def validate_pdu(room_version: str | RoomVersion, pdu: object) -> None:
     if not isinstance(hashes, dict) or not isinstance(hashes.get("sha256"), str):
         raise _fail("'hashes' must be an object with a 'sha256' string")
     signatures = pdu.get("signatures")
-    if not isinstance(signatures, dict) or not all(
-        isinstance(sigs, dict) and all(isinstance(s, str) for s in sigs.values())
-        for sigs in signatures.values()
-    ):
-        raise _fail("'signatures' must map server names to objects of strings")
+    if not isinstance(signatures, dict):
+        raise _fail(_BAD_SIGNATURES)
+    for sigs in signatures.values():
+        if not isinstance(sigs, dict):
+            raise _fail(_BAD_SIGNATURES)
+        for sig in sigs.values():
+            if not isinstance(sig, str):
+                raise _fail(_BAD_SIGNATURES)
     if "unsigned" in pdu and not isinstance(pdu["unsigned"], dict):
         raise _fail("'unsigned' must be an object")
 
-    if version.room_id_is_create_hash and pdu["type"] == "m.room.create":
+    if version.room_id_is_create_hash and etype == "m.room.create":
         # v12: the room ID *is* this event's hash, so the event cannot contain it.
         if "room_id" in pdu:
             raise _fail("a create event in this room version has no 'room_id'")
     else:
-        _check_str_field(pdu, "room_id")
-        try:
-            validate_room_id(version, pdu["room_id"])
-        except InvalidIdError as e:
-            raise _fail(f"invalid room_id: {e.msg}") from None
+        room_id = pdu.get("room_id")
+        if not (
+            type(room_id) is str and len(room_id) <= _SHORT and is_valid_room_id(version, room_id)
+        ):
+            _check_str_field(pdu, "room_id")
+            try:
+                validate_room_id(version, room_id)
+            except InvalidIdError as e:
+                raise _fail(f"invalid room_id: {e.msg}") from None
 
     if version.event_id_in_event:
-        _check_str_field(pdu, "event_id")
-        try:
-            validate_event_id(version, pdu["event_id"])
-        except InvalidIdError as e:
-            raise _fail(f"invalid event_id: {e.msg}") from None
+        event_id = pdu.get("event_id")
+        if not (
+            type(event_id) is str
+            and len(event_id) <= _SHORT
+            and is_valid_event_id(version, event_id)
+        ):
+            _check_str_field(pdu, "event_id")
+            try:
+                validate_event_id(version, event_id)
+            except InvalidIdError as e:
+                raise _fail(f"invalid event_id: {e.msg}") from None
 
     _check_refs(version, pdu, "prev_events", MAX_PREV_EVENTS)
     _check_refs(version, pdu, "auth_events", MAX_AUTH_EVENTS)
@@ -161,3 +245,4 @@ def validate_pdu(room_version: str | RoomVersion, pdu: object) -> None:
     redacts = pdu.get("redacts")
     if redacts is not None and not isinstance(redacts, str):
         raise _fail("'redacts' must be a string")
+    return hashed

@@ -31,7 +31,7 @@ from fedlib.errors import BadJsonError, MatrixError, SignatureError
 from fedlib.events.hashing import check_content_hash, event_id_with
 from fedlib.events.redaction import redact_with, signable_redacted
 from fedlib.events.room_versions import EventFormat, RoomVersion, get_room_version
-from fedlib.events.validation import validate_pdu
+from fedlib.events.validation import validate_pdu_content_json
 
 __all__ = [
     "DEFAULT_CHUNK",
@@ -80,13 +80,21 @@ def check_pdu_format(room_version: str, pdu: object) -> dict[str, Any]:
     """
     if not isinstance(pdu, dict):
         raise BadJsonError("PDU is not a JSON object")
+    return _check_format(get_room_version(room_version), pdu)[0]
+
+
+def _check_format(version: RoomVersion, pdu: object) -> tuple[dict[str, Any], bytes | None]:
+    """:func:`check_pdu_format`, also returning the canonical JSON the content hash
+    covers when the format check encoded it (else ``None``)."""
+    if not isinstance(pdu, dict):
+        raise BadJsonError("PDU is not a JSON object")
     try:
-        validate_pdu(room_version, pdu)
+        content_json = validate_pdu_content_json(version, pdu)
     except MatrixError:
         raise
     except Exception as e:  # a validator bug must not escape as a non-Matrix error
         raise BadJsonError(f"Invalid PDU: {e!r}"[:300]) from None
-    return pdu
+    return pdu, content_json
 
 
 def _to_matrix_error(failure: Any) -> MatrixError:
@@ -106,6 +114,9 @@ class _Prepared:
     #: Canonical JSON of the signable redaction: hashed into the event ID and
     #: covered by the signatures, so encoded once for both.
     message: bytes
+    #: Canonical JSON the content hash covers, from the format check (which needs
+    #: it for the size limit); ``None`` when not computed there.
+    content_json: bytes | None
     #: (server, key IDs) per required signer; ``None`` when the event's
     #: signatures are malformed (the keyring's own path then says how).
     groups: list[tuple[str, tuple[str, ...]]] | None
@@ -117,7 +128,7 @@ def _prepare(
 ) -> _Prepared | PduCheckResult:
     event_id: str | None = None
     try:
-        event = check_pdu_format(version.identifier, pdu)
+        event, content_json = _check_format(version, pdu)
         message = encode_canonical_json(signable_redacted(version, event))
         fmt = version.event_format
         if fmt is EventFormat.V1:
@@ -137,7 +148,7 @@ def _prepare(
         return PduCheckResult(index=index, event_id=event_id, error=e)
     except Exception as e:
         return PduCheckResult(index=index, event_id=event_id, error=BadJsonError(f"{e!r}"[:300]))
-    return _Prepared(index, event_id, event, message, *_signers(version, event))
+    return _Prepared(index, event_id, event, message, content_json, *_signers(version, event))
 
 
 def _signers(
@@ -170,7 +181,7 @@ def _signers(
 def _finish(prepared: _Prepared, version: RoomVersion) -> PduCheckResult:
     """The result of a PDU whose signatures verified."""
     event = prepared.event
-    if check_content_hash(event):
+    if check_content_hash(event, prepared.content_json):
         return PduCheckResult(index=prepared.index, event_id=prepared.event_id, event=event)
     # The spec assumes a hash mismatch means we were sent a redacted copy, and
     # tells us to use our own redaction so no unverified content survives.
