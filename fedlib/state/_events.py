@@ -9,7 +9,7 @@ call, and nothing is shared between calls (or threads).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence, ValuesView
+from collections.abc import Collection, Iterable, Mapping, Sequence, ValuesView
 from itertools import chain
 from operator import itemgetter
 from typing import Any
@@ -207,7 +207,7 @@ class EventGraph:
         left: set[str] = self._levels(frontier, seen, remaining)
         return targets - left
 
-    def _levels(self, frontier: Iterable[str], seen: set[str], remaining: set[str] | None) -> Any:
+    def _levels(self, frontier: Collection[str], seen: set[str], remaining: set[str] | None) -> Any:
         """Breadth-first over auth links, level by level with C-level ``map`` and
         set operations; returns the closure (``seen`` grown), or with ``remaining`` the
         targets still unseen when the walk ends. Odd input (missing events,
@@ -219,7 +219,16 @@ class EventGraph:
         start = frontier
         try:
             while frontier:
-                raw = chain.from_iterable(map(_get_auth_events, map(events.__getitem__, frontier)))
+                # All of a level's events are fetched first, in one C loop (an
+                # ``itemgetter`` of many keys): the lookups, each likely a cache
+                # miss in a large map, then overlap instead of waiting on each
+                # other's set insertions.
+                fetched = (
+                    itemgetter(*frontier)(events)
+                    if len(frontier) > 1
+                    else map(events.__getitem__, frontier)
+                )
+                raw = chain.from_iterable(map(_get_auth_events, fetched))
                 step = set(map(_first, raw) if v1_format else raw)
                 if self._implicit_create:
                     if create_id is None:
