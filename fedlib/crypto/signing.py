@@ -7,7 +7,7 @@ attributes, as :mod:`fedlib.crypto.keys` (and ``signedjson``) make them.
 from __future__ import annotations
 
 import binascii
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from nacl.exceptions import BadSignatureError
@@ -193,7 +193,22 @@ def verify_event_signatures(
     if not isinstance(signatures, dict):
         raise SignatureError("Event has no signatures")
     signers = required_signers(version, event)
-    for server in sorted(signers) if len(signers) > 1 else signers:
+    servers = sorted(signers) if len(signers) > 1 else signers
+    verify_signers(version, event, signatures, servers, verify_keys, message)
+
+
+def verify_signers(
+    version: RoomVersion,
+    event: Mapping[str, Any],
+    signatures: Mapping[str, Any],
+    servers: Iterable[str],
+    verify_keys: Mapping[str, Mapping[str, Any]],
+    message: bytes | None = None,
+) -> None:
+    """:func:`verify_event_signatures` once ``event``'s ``signatures`` member (a dict)
+    and its required signers (``servers``, sorted) are known: for a caller that
+    has them already. ``message`` as there."""
+    for server in servers:
         server_sigs = signatures.get(server)
         if not isinstance(server_sigs, dict) or not server_sigs:
             raise SignatureError(f"Event is not signed by {server}")

@@ -26,7 +26,7 @@ from twisted.internet.interfaces import IReactorTime
 from unpaddedbase64 import encode_base64
 
 from fedlib.canonical import encode_canonical_json
-from fedlib.crypto.signing import required_signers, verify_event_signatures
+from fedlib.crypto.signing import required_signers, verify_signers
 from fedlib.errors import BadJsonError, MatrixError, SignatureError
 from fedlib.events.hashing import check_content_hash, event_id_with
 from fedlib.events.redaction import redact_with, signable_redacted
@@ -327,7 +327,10 @@ def _verify(
                 keys[group[0]] = found
             else:
                 try:
-                    verify_event_signatures(version.identifier, p.event, keys, p.message)
+                    # verify_event_signatures, without finding again what _signers
+                    # found: the signatures are a dict, and ``keys`` has the required
+                    # signers, in sorted order.
+                    verify_signers(version, p.event, p.event["signatures"], keys, keys, p.message)
                 except Exception as e:  # a non-Matrix error is a bad signature all the same
                     results[p.index] = PduCheckResult(
                         index=p.index, event_id=p.event_id, error=_to_matrix_error(e)
