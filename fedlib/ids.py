@@ -54,6 +54,14 @@ _LOCAL_USER_RE = re.compile(r"[a-z0-9._=/+-]+")
 # only 4 significant bits (so its low 2 bits are zero).
 _HASH_STD_RE = re.compile(r"[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]")
 _HASH_URLSAFE_RE = re.compile(r"[A-Za-z0-9_-]{42}[AEIMQUYcgkosw048]")
+# Comma-separated lists of v3 / v4+ event IDs.
+_HASH_STD_LIST_RE = re.compile(
+    r"\$[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048](?:,\$[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048])*"
+)
+_HASH_URLSAFE_LIST_RE = re.compile(
+    r"\$[A-Za-z0-9_-]{42}[AEIMQUYcgkosw048](?:,\$[A-Za-z0-9_-]{42}[AEIMQUYcgkosw048])*"
+)
+_STR_ONLY = frozenset((str,))
 
 
 def _require_str(value: object, what: str) -> str:
@@ -323,6 +331,17 @@ def all_valid_event_ids(room_version: str | RoomVersion, event_ids: Iterable[obj
     fmt = version.event_format
     if fmt is EventFormat.V1:
         return all(is_valid_event_id(version, e) for e in event_ids)
+    if type(event_ids) is list and set(map(type, event_ids)) <= _STR_ONLY:
+        # One match over all of them. "," is in neither alphabet, so with as many
+        # IDs matched as there are items (the length says so) the join's commas
+        # are the only ones, and each item is one ID.
+        if not event_ids:
+            return True
+        joined = ",".join(event_ids)
+        if len(joined) != 45 * len(event_ids) - 1:
+            return False
+        many = _HASH_URLSAFE_LIST_RE if fmt is EventFormat.V4 else _HASH_STD_LIST_RE
+        return many.fullmatch(joined) is not None
     match = (_HASH_URLSAFE_RE if fmt is EventFormat.V4 else _HASH_STD_RE).fullmatch
     for e in event_ids:
         # validate_event_id's test, with a str subclass sent the long way.

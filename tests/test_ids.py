@@ -239,3 +239,45 @@ class NeverRaiseOtherTests(unittest.TestCase):
     def test_generated_user_ids_parse(self, user_id: str) -> None:
         self.assertTrue(ids.is_valid_local_user_id(user_id))
         self.assertEqual(ids.parse_user_id(user_id).to_string(), user_id)
+
+
+class FastPathTests(unittest.TestCase):
+    """The batch and cached checks agree with the one-at-a-time ones."""
+
+    def test_all_valid_event_ids(self) -> None:
+        def digest(n: int) -> bytes:
+            return hashlib.sha256(b"%d" % n).digest()
+
+        urlsafe = ["$" + encode_base64(digest(n), urlsafe=True) for n in range(40)]
+        std = ["$" + encode_base64(digest(n)) for n in range(40)]
+        odd: list[object] = [
+            "$e:example.org",
+            urlsafe[0][:-1] + "B",
+            urlsafe[0] + ",",
+            urlsafe[0] + "," + urlsafe[1],
+            urlsafe[0][:-1],
+            "",
+            5,
+            None,
+        ]
+        for version in ("1", "3", "10", "12"):
+            cases: list[list[object]] = [[], urlsafe[:5], std[:5], urlsafe[:20] + std[:20]]
+            cases += [[x] for x in odd] + [urlsafe[:3] + [x] for x in odd]
+            for ids_ in cases:
+                self.assertEqual(
+                    ids.all_valid_event_ids(version, ids_),
+                    all(ids.is_valid_event_id(version, e) for e in ids_),
+                    (version, ids_),
+                )
+
+    @settings(max_examples=300)
+    @given(st.text(max_size=60), st.booleans())
+    def test_room_id_cache(self, room_id: str, create_hash: bool) -> None:
+        version = "12" if create_hash else "10"
+        try:
+            ids.validate_room_id(version, room_id)
+            valid = True
+        except InvalidIdError:
+            valid = False
+        self.assertEqual(ids.is_valid_room_id(version, room_id), valid)
+        self.assertEqual(ids.is_valid_room_id(version, room_id), valid)

@@ -47,6 +47,7 @@ _MAX_DEPTH_V6 = 2**53 - 1
 # in a fixed order.
 _NOT_HASHED = frozenset(("unsigned", "signatures", "hashes"))
 _NOT_HASHED_ORDER = ("hashes", "signatures", "unsigned")
+_STR_ONLY = frozenset((str,))
 
 
 #: A string of at most this many code points is at most MAX_FIELD_BYTES UTF-8 bytes.
@@ -118,9 +119,13 @@ def _measure(pdu: dict[Any, Any]) -> bytes | None:
     which fails or succeeds exactly as before.
     """
     try:
-        if all(type(k) is str for k in pdu):
-            hashed = encode_canonical_json({k: v for k, v in pdu.items() if k not in _NOT_HASHED})
-            rest = {k: pdu[k] for k in _NOT_HASHED_ORDER if k in pdu}
+        if set(map(type, pdu)) == _STR_ONLY:
+            hashed_members = dict(pdu)
+            rest = {}
+            for k in _NOT_HASHED_ORDER:
+                if k in hashed_members:
+                    rest[k] = hashed_members.pop(k)
+            hashed = encode_canonical_json(hashed_members)
             size = len(hashed)
             if rest:
                 extra = len(encode_canonical_json(rest))
@@ -239,8 +244,18 @@ def validate_pdu_content_json(version: RoomVersion, pdu: object) -> bytes | None
             except InvalidIdError as e:
                 raise _fail(f"invalid event_id: {e.msg}") from None
 
-    _check_refs(version, pdu, "prev_events", MAX_PREV_EVENTS)
-    _check_refs(version, pdu, "auth_events", MAX_AUTH_EVENTS)
+    prev_events = pdu.get("prev_events")
+    auth_events = pdu.get("auth_events")
+    if not (
+        type(prev_events) is list
+        and type(auth_events) is list
+        and len(prev_events) <= MAX_PREV_EVENTS
+        and len(auth_events) <= MAX_AUTH_EVENTS
+        and version.event_format is not EventFormat.V1
+        and all_valid_event_ids(version, prev_events + auth_events)
+    ):
+        _check_refs(version, pdu, "prev_events", MAX_PREV_EVENTS)
+        _check_refs(version, pdu, "auth_events", MAX_AUTH_EVENTS)
 
     redacts = pdu.get("redacts")
     if redacts is not None and not isinstance(redacts, str):
