@@ -759,33 +759,24 @@ class Handshakes:
     ) -> Any:
         """Deferred[KnockResult]: knock on a remote room; the ``knock_room_state`` is
         stored (``StrippedKind.KNOCK``) for the embedder."""
-        _check_local(user_id, self.server_name)
-        failures: dict[str, MatrixError] = {}
-        extra = {"reason": reason} if reason is not None else None
-        kind_what = "knock"
-        for server in self._candidates(room_id, via_servers):
-            try:
-                version, template = yield self._make("knock", server, room_id, user_id, "knock")
-                event_id, event = self._complete(version, template, extra)
-                stripped = yield self._remote(
-                    server, "send_knock", self._client.send_knock, room_id, event_id, event
-                )
-                stripped = _check_stripped(server, stripped, self.config.max_stripped_state)
-            except Exception as e:
-                failures[server] = _as_matrix_error(server, e, kind_what)
-                continue
-            yield self._store.store_stripped_room(
-                StrippedRoom(
-                    kind=StrippedKind.KNOCK,
-                    room_id=room_id,
-                    user_id=user_id,
-                    room_version=version.identifier,
-                    event=event,
-                    stripped_state=stripped,
-                )
+
+        def check(server: str, answer: object) -> tuple[Mapping[str, Any], ...]:
+            return _check_stripped(server, answer, self.config.max_stripped_state)
+
+        server, version, event_id, event, stripped = yield self._make_and_send(
+            "knock", room_id, user_id, via_servers, reason, self._client.send_knock, check
+        )
+        yield self._store.store_stripped_room(
+            StrippedRoom(
+                kind=StrippedKind.KNOCK,
+                room_id=room_id,
+                user_id=user_id,
+                room_version=version.identifier,
+                event=event,
+                stripped_state=stripped,
             )
-            return KnockResult(room_id, version.identifier, event_id, event, server, stripped)
-        raise HandshakeError(f"Knocking on {room_id}", failures)
+        )
+        return KnockResult(room_id, version.identifier, event_id, event, server, stripped)
 
     @defer.inlineCallbacks
     def leave_room(
@@ -799,24 +790,47 @@ class Handshakes:
         rescind a knock) with ``make_leave``/``send_leave``. A room we are in is left
         with a local event instead (``LocalRooms.leave``). Any stored invite or knock
         of ``user_id`` for the room is forgotten."""
+        _, _, event_id, _, _ = yield self._make_and_send(
+            "leave", room_id, user_id, via_servers, reason, self._client.send_leave
+        )
+        for kind in (StrippedKind.INVITE, StrippedKind.KNOCK):
+            yield self._store.delete_stripped_room(kind, room_id, user_id)
+        return event_id
+
+    @defer.inlineCallbacks
+    def _make_and_send(
+        self,
+        membership: str,
+        room_id: str,
+        user_id: str,
+        via_servers: Sequence[str],
+        reason: str | None,
+        send: Any,
+        check_answer: Any = None,
+    ) -> Any:
+        """The make_/send_ handshake for a knock or leave, trying each candidate
+        server in turn. Deferred[(server, version, event_id, event, checked answer)];
+        :class:`HandshakeError` naming every server's failure when none succeeds."""
         _check_local(user_id, self.server_name)
         failures: dict[str, MatrixError] = {}
         extra = {"reason": reason} if reason is not None else None
-        kind_what = "leave"
         for server in self._candidates(room_id, via_servers):
             try:
-                version, template = yield self._make("leave", server, room_id, user_id, "leave")
-                event_id, event = self._complete(version, template, extra)
-                yield self._remote(
-                    server, "send_leave", self._client.send_leave, room_id, event_id, event
+                version, template = yield self._make(
+                    membership, server, room_id, user_id, membership
                 )
+                event_id, event = self._complete(version, template, extra)
+                answer = yield self._remote(
+                    server, f"send_{membership}", send, room_id, event_id, event
+                )
+                if check_answer is not None:
+                    answer = check_answer(server, answer)
             except Exception as e:
-                failures[server] = _as_matrix_error(server, e, kind_what)
+                failures[server] = _as_matrix_error(server, e, membership)
                 continue
-            for kind in (StrippedKind.INVITE, StrippedKind.KNOCK):
-                yield self._store.delete_stripped_room(kind, room_id, user_id)
-            return event_id
-        raise HandshakeError(f"Leaving {room_id}", failures)
+            return server, version, event_id, event, answer
+        what = "Knocking on" if membership == "knock" else "Leaving"
+        raise HandshakeError(f"{what} {room_id}", failures)
 
     @defer.inlineCallbacks
     def reject_invite(
